@@ -1,6 +1,6 @@
 """The GLM architecture as a typed, validated config, and the size presets."""
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 
 @dataclass(frozen=True)
@@ -8,7 +8,7 @@ class GLMConfig:
     """Hyper-parameters of a `GLMModel` (names follow the original's flags).
 
     `vocab_size` is the padded size the embedding table is built with; use
-    `padded_vocab_size` to derive it from a tokenizer's size.
+    `mpu.pad_vocab_size` to derive it from a tokenizer's size.
     """
     num_layers: int = 12
     hidden_size: int = 768
@@ -79,12 +79,6 @@ class GLMConfig:
 
     def replace(self, **changes) -> "GLMConfig":
         return replace(self, **changes)
-
-
-def padded_vocab_size(num_tokens: int, make_vocab_size_divisible_by: int = 128, model_parallel_size: int = 1) -> int:
-    """Round `num_tokens` up to a multiple of divisible_by * model_parallel_size (GLM's rule)."""
-    multiple = make_vocab_size_divisible_by * model_parallel_size
-    return -(-num_tokens // multiple) * multiple
 
 
 BERT_VOCAB = 30592    # bert-base-uncased 30522 + [sop], [eop], padded to 128

@@ -20,6 +20,6 @@ from .mappings import (copy_to_model_parallel_region, gather_from_model_parallel
 from .partition import (PartitionSpec, get_partition_spec, merge_tensors, partition_specs, set_partition_metadata,
                         shard_of, shard_state_dict, split_tensor)
 from .random import checkpoint, get_cuda_rng_tracker, model_parallel_cuda_manual_seed
-from .utils import VocabUtility, divide, split_tensor_along_last_dim
+from .utils import VocabUtility, divide, pad_vocab_size, split_tensor_along_last_dim
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -15,6 +15,15 @@ def divide(numerator: int, denominator: int) -> int:
     return numerator // denominator
 
 
+def pad_vocab_size(num_tokens: int, divisible_by: int = 128, model_parallel_size: int = 1) -> int:
+    """Round `num_tokens` up to a multiple of divisible_by * model_parallel_size (GLM's rule),
+    so the vocabulary splits evenly across model-parallel ranks."""
+    if divisible_by < 1 or model_parallel_size < 1:
+        raise ValueError(f"divisible_by ({divisible_by}) and model_parallel_size ({model_parallel_size}) must be >= 1")
+    multiple = divisible_by * model_parallel_size
+    return -(-num_tokens // multiple) * multiple
+
+
 def split_tensor_along_last_dim(tensor: torch.Tensor, num_partitions: int,
                                 contiguous_split_chunks: bool = False) -> List[torch.Tensor]:
     last_dim_size = divide(tensor.size(-1), num_partitions)

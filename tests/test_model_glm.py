@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from glm_fixtures import NO_DROPOUT, blank_infilling_batch, reference_glm_logits, tiny_config
 from model import (LAYER_TAPS, GLMConfig, GLMForMultiTokenCloze, GLMForSequenceClassification,
-                   GLMForSingleTokenCloze, GLMModel, language_model_loss, padded_vocab_size, preset)
+                   GLMForSingleTokenCloze, GLMModel, language_model_loss, preset)
+from mpu import pad_vocab_size
 
 
 def build(seed=0, **overrides) -> GLMModel:
@@ -210,7 +211,7 @@ def test_config_validation_and_presets():
         preset("glm-huge")
     with pytest.raises(ValueError, match="unknown GLMConfig keys"):
         GLMConfig.from_dict({"num_layer": 2})
-    assert padded_vocab_size(30524, 128, 1) == 30592 and padded_vocab_size(30524, 128, 2) == 30720
+    assert pad_vocab_size(30524, 128, 1) == 30592 and pad_vocab_size(30524, 128, 2) == 30720
     base = preset("glm-base")
     assert (base.num_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
     # glm-base counts ~110M parameters (spec 9.5): embeddings 30592*768 + 12 layers + positions.

@@ -1,0 +1,1 @@
+"""SuperGLUE processors and PET patterns (spec 8.2)."""
