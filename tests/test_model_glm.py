@@ -122,8 +122,11 @@ def test_checkpointed_forward_gives_the_same_dropout_masks_and_gradients():
         model = build(seed=3, checkpoint_activations=checkpointing, **dropout)
         model.train()
         torch.manual_seed(11)
-        out = model(ids, position, sep, taps=["layers.1.attention_probs", "layers.0.tf_output"])
-        loss = language_model_loss(out.logits, target, loss_mask) + out.taps["layers.0.tf_output"].pow(2).mean()
+        # layers.1.layernorm_input is the input of the second checkpointed chunk itself.
+        out = model(ids, position, sep, taps=["layers.1.attention_probs", "layers.0.tf_output",
+                                               "layers.1.layernorm_input"])
+        loss = (language_model_loss(out.logits, target, loss_mask) + out.taps["layers.0.tf_output"].pow(2).mean()
+                + out.taps["layers.1.layernorm_input"].pow(3).mean() + out.taps["layers.1.attention_probs"].mean())
         loss.backward()
         results.append((out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (plain_logits, plain_grads), (ckpt_logits, ckpt_grads) = results
