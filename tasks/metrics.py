@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from collections import Counter, defaultdict
 from typing import Hashable, Sequence
 
 import numpy as np
+from unidecode import unidecode
 
-# Letters that NFKD does not decompose, transliterated as unidecode does.
-_TRANSLITERATION = str.maketrans({
-    "ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE", "ł": "l",
-    "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"})
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
@@ -109,10 +105,9 @@ def multirc_exact_match(predictions: Sequence, labels: Sequence,
 
 
 def squad_normalize(text: str) -> str:
-    """Lower-case, transliterate to ASCII where possible (``unidecode``-like: NFKD without
-    combining marks, plus ß/æ/ø/ł/...), strip punctuation and articles, collapse whitespace."""
-    text = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATION))
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    """Transliterate to ASCII (``unidecode``, as the original), lower-case, strip punctuation
+    and articles, collapse whitespace."""
+    text = unidecode(text).lower()
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
