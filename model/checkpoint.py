@@ -96,10 +96,15 @@ def load_file(path: PathLike) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
-        warnings.warn(f"{path} holds objects beyond tensors and containers; loading it with weights_only=False")
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
+        pass
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from error
+    try:
+        result = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from error
+    warnings.warn(f"{path} holds objects beyond tensors and containers; it was loaded with weights_only=False")
+    return result
 
 
 def model_states(module: torch.nn.Module, mp_world_size: int, model_config: Optional[Dict] = None,

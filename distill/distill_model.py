@@ -1,0 +1,294 @@
+"""The student wrapper every distillation method subclasses, its typed inputs, and the registry.
+
+A trainer micro-step (spec 2.5) asks the student which taps and interventions it wants
+(`student_taps`, `teacher_taps`, ...: regenerated every step, so methods may randomise or
+progress layers), runs the student and the teachers with them, and hands the outputs to a
+multi-teacher combiner (`distill.multi_teacher_model`), which calls `pre_loss` and
+`inter_loss` once per teacher. Methods never read globals: the step counters arrive as a
+`StepInfo`, the batch tensors a loss may need as a `DistillBatch`.
+"""
+import math
+import warnings
+from dataclasses import dataclass, fields
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+from torch import Tensor, nn
+
+from model import ModelOutput
+
+from .losses import custom_mean, soft_loss, zero_loss
+
+Metrics = Dict[str, Tensor]
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """The generic distillation flags of spec 4.2 that `pre_loss` uses (flag names without dashes).
+
+    ft/pt soft: the soft term in fine-tuning / pretraining (ft default: soft CE without T^2;
+    `distill_ft_soft_kl`: T^2 * KL; `distill_ft_soft_mse`: MSE on raw logits. pt default:
+    T^2 * KL; `distill_pt_soft_ce`: soft CE; `distill_pt_soft_mse`: MSE). ft/pt hard:
+    `distill_hard_rate` * the student's hard loss. Soft-term mask: none with
+    `distill_wo_loss_mask`, the non-pad tokens (labels > 0) with `distill_only_mask_pad`.
+    """
+    distill_ft_soft: bool = False
+    distill_ft_hard: bool = False
+    distill_pt_soft: bool = False
+    distill_pt_hard: bool = False
+    distill_soft_rate: float = 1.0
+    distill_hard_rate: float = 1.0
+    distill_temperature: float = 1.0
+    distill_wo_loss_mask: bool = False
+    distill_only_mask_pad: bool = False
+    distill_ft_soft_kl: bool = False
+    distill_pt_soft_ce: bool = False
+    distill_ft_soft_mse: bool = False
+    distill_pt_soft_mse: bool = False
+
+    CONFLICTS = (("distill_ft_soft_kl", "distill_ft_soft_mse"), ("distill_pt_soft_ce", "distill_pt_soft_mse"),
+                 ("distill_wo_loss_mask", "distill_only_mask_pad"))
+    VARIANTS = {"distill_ft_soft_kl": "distill_ft_soft", "distill_ft_soft_mse": "distill_ft_soft",
+                "distill_pt_soft_ce": "distill_pt_soft", "distill_pt_soft_mse": "distill_pt_soft"}
+
+    def __post_init__(self):
+        temperature = self.distill_temperature
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"distill_temperature must be a positive finite number, got {temperature}")
+        for name in ("distill_soft_rate", "distill_hard_rate"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        for first, second in self.CONFLICTS:
+            if getattr(self, first) and getattr(self, second):
+                raise ValueError(f"--{first} and --{second} conflict: set at most one")
+        for variant, base in self.VARIANTS.items():
+            if getattr(self, variant) and not getattr(self, base):
+                warnings.warn(f"--{variant} has no effect without --{base}", stacklevel=3)
+
+    def soft_kind(self, finetune: bool) -> str:
+        """The soft loss of a stage: "ce", "kl" or "mse"."""
+        if finetune:
+            return "mse" if self.distill_ft_soft_mse else "kl" if self.distill_ft_soft_kl else "ce"
+        return "mse" if self.distill_pt_soft_mse else "ce" if self.distill_pt_soft_ce else "kl"
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a method may need to know about teacher i (layer mappings, widths)."""
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+
+    def __post_init__(self):
+        for field in fields(self):
+            if getattr(self, field.name) <= 0:
+                raise ValueError(f"TeacherInfo.{field.name} must be positive, got {getattr(self, field.name)}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed in by the trainer every micro-step (`repeat_index`: the forward-repeat pass)."""
+    iteration: int = 0
+    epoch: int = 0
+    repeat_index: int = 0
+    train_iters: int = 0
+    training: bool = True
+
+
+@dataclass
+class DistillBatch:
+    """What losses may need besides logits.
+
+    stage: "pretrain" or "finetune". loss_mask: the Part-B mask [B, S] (None in cloze
+    fine-tuning, where no loss mask is passed; spec 5.2). labels: target ids [B, S], or [B]
+    in fine-tuning. position_ids: [B, 2, S]. token_level: the logits are vocabulary-parallel
+    token logits [B, S, V/p] (pretraining, LM tasks); else replicated task logits [B, C].
+    """
+    stage: str
+    loss_mask: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+    logit_mask: Optional[Tensor] = None
+    position_ids: Optional[Tensor] = None
+    token_level: bool = False
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; valid: {STAGES}")
+
+    @property
+    def finetune(self) -> bool:
+        return self.stage == "finetune"
+
+    def non_pad_mask(self) -> Tensor:
+        """[B, S] bool: position_ids[:, 0] > 0, with column 0 forced to True."""
+        if self.position_ids is None:
+            raise ValueError("non_pad_mask needs position_ids")
+        mask = self.position_ids[:, 0] > 0
+        mask[:, 0] = True
+        return mask
+
+
+# --------------------------------------------------------------------------- checkpoint key renaming
+def _external_key(key: str) -> str:
+    """"model.X" -> "X"; any other key K -> "student.K"."""
+    return key[len("model."):] if key.startswith("model.") else "student." + key
+
+
+def _internal_key(key: str) -> str:
+    return key[len("student."):] if key.startswith("student.") else "model." + key
+
+
+def _rename_under(container, prefix: str, rename: Callable[[str], str]) -> None:
+    """Rename in place (keeping the order) the keys of a dict or list that start with `prefix`."""
+    if isinstance(container, list):
+        container[:] = [prefix + rename(k[len(prefix):]) if k.startswith(prefix) else k for k in container]
+        return
+    for key in [k for k in container if k.startswith(prefix)]:
+        container[prefix + rename(key[len(prefix):])] = container.pop(key)
+
+
+class GLMStudent(nn.Module):
+    """KD (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"). Base class of
+    every method; registered as "kd".
+
+    `self.model` is the GLMModel or task head. Subclasses declare the taps/interventions they
+    need per step, add auxiliary layers as submodules, and override `inter_loss` (and rarely
+    `pre_loss`). Checkpoints: `state_dict()` maps "model.X" -> "X" (a student checkpoint is a
+    plain model state dict) and every other key K -> "student.K" (auxiliary layers);
+    `load_state_dict()` inverts it. The renaming is done by state-dict hooks, so it also
+    applies with `keep_vars=True` and when the student is nested in another module.
+    """
+    name = "kd"
+
+    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = ()):
+        super().__init__()
+        self.model = model
+        self.options = options
+        self.teachers = tuple(teachers)
+        self._load_prefix = ""
+        self.register_state_dict_post_hook(GLMStudent._rename_saved)
+        self.register_load_state_dict_pre_hook(GLMStudent._rename_loading)
+        self.register_load_state_dict_post_hook(GLMStudent._rename_incompatible)
+
+    # ------------------------------------------------------------------ per-step requests
+    def student_taps(self, step: StepInfo) -> List[str]:
+        return []
+
+    def teacher_taps(self, t_no: int, step: StepInfo) -> List[str]:
+        return []
+
+    def student_interventions(self, step: StepInfo) -> Dict[str, Callable]:
+        return {}
+
+    def teacher_interventions(self, t_no: int, step: StepInfo) -> Dict[str, Callable]:
+        return {}
+
+    def forward(self, *inputs, taps=(), interventions=None, **kwargs) -> ModelOutput:
+        return self.model(*inputs, taps=taps, interventions=interventions, **kwargs)
+
+    # ------------------------------------------------------------------ losses
+    def inter_loss(self, s_out: ModelOutput, t_out: ModelOutput, batch: DistillBatch, step: StepInfo,
+                   t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
+        """Intermediate-layer loss against teacher `t_no`: scalar, or [B] with keep_batch. KD: 0."""
+        logits = s_out.logits
+        return zero_loss(logits, (logits.size(0),) if keep_batch else ()), {}
+
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
+                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+        """Prediction-layer loss (spec 4.1): r_soft * soft + r_hard * hard_loss.
+
+        s_logits, t_logits: [B, S, V/p] when batch.token_level, else [B, C]. hard_loss: the
+        student's hard loss, scalar ([B] with keep_batch). Returns a scalar ([B]) fp32 loss and
+        the detached metrics {"kd/soft", "kd/hard"} of the enabled terms. A term is enabled by
+        its stage's flag and a nonzero rate; with neither enabled the loss is exactly 0.
+        The soft term: see `DistillOptions`; KL carries T^2, CE and MSE do not; `mse_t_w`
+        scales the teacher logits of the MSE. Soft-term mask m: 1 without loss_mask (cloze
+        fine-tuning) or with distill_wo_loss_mask; labels > 0 with distill_only_mask_pad and
+        token-level labels; otherwise loss_mask. Reduction: `custom_mean` (plain mean over all
+        rows, masked ones included).
+
+        Fixed on purpose (spec 11.4): the fine-tuning soft MSE applies m (the original lost it
+        to a `maks=` typo); masked rows never produce NaN (fully padded rows give 0); a masked
+        row of the soft CE adds 0 instead of the original's constant log(V) (see losses.py).
+        """
+        options, finetune = self.options, batch.finetune
+        soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate
+        hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate
+        total = zero_loss(s_logits, (s_logits.size(0),) if keep_batch else ())
+        metrics: Metrics = {}
+        if soft_on:
+            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, keep_batch, mse_t_w)
+            total = total + soft
+            metrics["kd/soft"] = soft.detach().mean()
+        if hard_on:
+            hard = options.distill_hard_rate * hard_loss.float()
+            total = total + hard
+            metrics["kd/hard"] = hard.detach().mean()
+        return total, metrics
+
+    def _soft_term(self, s_logits: Tensor, t_logits: Tensor, batch: DistillBatch, keep_batch: bool,
+                   mse_t_w: float) -> Tensor:
+        kind = self.options.soft_kind(batch.finetune)
+        temperature = self.options.distill_temperature
+        mask = self.soft_mask(batch)
+        rows = soft_loss(kind, s_logits, t_logits, vocab_parallel=batch.token_level, temperature=temperature,
+                         teacher_weight=mse_t_w, mask=mask)
+        loss = custom_mean(rows, mask, keep_batch)
+        return loss * temperature ** 2 if kind == "kl" else loss
+
+    def soft_mask(self, batch: DistillBatch) -> Optional[Tensor]:
+        """The soft-term mask m of spec 4.1 ([B, S] or None for m = 1)."""
+        if batch.loss_mask is None or self.options.distill_wo_loss_mask:
+            return None
+        if self.options.distill_only_mask_pad and batch.labels is not None and batch.labels.dim() > 1:
+            return batch.labels > 0
+        return batch.loss_mask
+
+    # ------------------------------------------------------------------ schedule state
+    def method_state(self) -> dict:
+        """Schedule state (not parameters) to save in checkpoints. KD: none."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"student model {self.name!r} has no method state, got keys {sorted(state)}")
+
+    # ------------------------------------------------------------------ state-dict hooks
+    @staticmethod
+    def _rename_saved(module, state_dict, prefix, local_metadata) -> None:
+        _rename_under(state_dict, prefix, _external_key)
+
+    @staticmethod
+    def _rename_loading(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        module._load_prefix = prefix
+        _rename_under(state_dict, prefix, _internal_key)
+
+    @staticmethod
+    def _rename_incompatible(module, incompatible_keys) -> None:
+        for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
+            _rename_under(keys, module._load_prefix, _external_key)
+
+
+# --------------------------------------------------------------------------- registry
+STUDENT_MODELS: Dict[str, Type[GLMStudent]] = {}
+
+
+def register_student(cls: Type[GLMStudent]) -> Type[GLMStudent]:
+    """Class decorator: register `cls` under `cls.name`."""
+    if not (isinstance(cls, type) and issubclass(cls, GLMStudent)):
+        raise TypeError(f"{cls!r} is not a GLMStudent subclass")
+    if cls.name in STUDENT_MODELS and STUDENT_MODELS[cls.name] is not cls:
+        raise ValueError(f"student model {cls.name!r} is already registered by {STUDENT_MODELS[cls.name].__name__}")
+    STUDENT_MODELS[cls.name] = cls
+    return cls
+
+
+register_student(GLMStudent)
+
+
+def build_student(name: str, model: nn.Module, options: DistillOptions,
+                  teachers: Sequence[TeacherInfo] = ()) -> GLMStudent:
+    """The registered method `name` wrapped around `model`; KeyError listing the valid names."""
+    if name not in STUDENT_MODELS:
+        raise KeyError(f"unknown student model {name!r}; valid: {', '.join(sorted(STUDENT_MODELS))}")
+    return STUDENT_MODELS[name](model, options, teachers)

@@ -1,0 +1,182 @@
+"""Prediction-layer distillation losses as small pure functions (spec 2.6, 4.1).
+
+Every loss takes student and teacher logits and keyword hyper-parameters, computes in fp32
+and returns one value per row (`[...]` = the logits' shape without the last dimension):
+
+* replicated logits `[..., C]` (task scores, identical on every model-parallel rank): torch ops;
+* vocabulary-parallel logits `[..., V/p]` (`parallel_*`): the `mpu` vocabulary-parallel
+  functions, whose all-reduces over `group` (None: the model-parallel group) are the only
+  collectives here.
+
+`mask` (`[...]`, nonzero = keep) zeroes masked rows exactly: their logits are replaced by
+zeros before the math and their loss after it, so a fully masked row gives 0 with a zero
+gradient even when its logits hold inf or NaN. `custom_mean` is the original's `CustomLoss`
+reduction: multiply by the mask, then a plain mean over ALL rows, masked ones included
+(so magnitudes scale with padding, as in the original); `keep_batch` keeps dim 0.
+
+One conscious difference from `CustomLoss`: there the mask of the soft CE/KL was an
+*input* mask (logits times mask), so a masked row of the soft CE contributed the constant
+log(V) (uniform against uniform) to the mean; here it contributes 0. The KL and MSE values
+and every gradient are the same.
+"""
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+import mpu
+from mpu.mappings import ProcessGroup, group_size
+
+
+def _keep(mask: Optional[torch.Tensor], rows_shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Boolean keep-mask [...] for rows of shape `rows_shape`."""
+    if mask is None:
+        return torch.ones(rows_shape, dtype=torch.bool, device=device)
+    if mask.shape != rows_shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the rows {tuple(rows_shape)}")
+    return mask != 0
+
+
+def _masked_inputs(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor):
+    """fp32 copies of both logits with masked rows set to 0 (no inf/NaN reaches the math)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits "
+                         f"{tuple(teacher.shape)} differ in shape")
+    rows = keep.unsqueeze(-1)
+    return (torch.where(rows, student.float(), torch.zeros((), device=student.device)),
+            torch.where(rows, teacher.float(), torch.zeros((), device=teacher.device)))
+
+
+def _log_probs(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
+    """p_t, log p_t, log p_s of the softened logits; both logs are 0 where p_t == 0, so that
+    0 * log 0 terms (-inf logits) are 0 with finite gradients."""
+    p_t = F.softmax(teacher / temperature, dim=-1)
+    absent = p_t == 0
+    log_p_t = F.log_softmax(teacher / temperature, dim=-1).masked_fill(absent, 0.0)
+    log_p_s = F.log_softmax(student / temperature, dim=-1).masked_fill(absent, 0.0)
+    return p_t, log_p_t, log_p_s
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+# --------------------------------------------------------------------------- replicated logits
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """-sum_c softmax(t/T)_c log softmax(s/T)_c per row. logits: [..., C] -> [...] fp32 (no T^2)."""
+    _check_temperature(temperature)
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    s, t = _masked_inputs(student_logits, teacher_logits, keep)
+    p_t, log_p_t, log_p_s = _log_probs(s, t, temperature)
+    loss = -(p_t * log_p_s).sum(dim=-1)
+    return torch.where(keep, loss, torch.zeros((), device=loss.device))
+
+
+def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) per row. logits: [..., C] -> [...] fp32 (no T^2)."""
+    _check_temperature(temperature)
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    s, t = _masked_inputs(student_logits, teacher_logits, keep)
+    p_t, log_p_t, log_p_s = _log_probs(s, t, temperature)
+    loss = (p_t * (log_p_t - log_p_s)).sum(dim=-1)
+    return torch.where(keep, loss, torch.zeros((), device=loss.device))
+
+
+def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, teacher_weight: float = 1.0,
+        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mean_c (s_c - w * t_c)^2 per row. logits: [..., C] -> [...] fp32."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    s, t = _masked_inputs(student_logits, teacher_logits, keep)
+    loss = (s - teacher_weight * t).pow(2).mean(dim=-1)
+    return torch.where(keep, loss, torch.zeros((), device=loss.device))
+
+
+# --------------------------------------------------------------------------- vocabulary-parallel logits
+def parallel_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                                temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
+                                group: ProcessGroup = None) -> torch.Tensor:
+    """`soft_cross_entropy` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_soft_cross_entropy(student_logits, teacher_logits, temperature, keep, group)
+
+
+def parallel_kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                           temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
+                           group: ProcessGroup = None) -> torch.Tensor:
+    """`kl_divergence` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_kl_div(student_logits, teacher_logits, temperature, keep, group)
+
+
+def parallel_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, teacher_weight: float = 1.0,
+                 mask: Optional[torch.Tensor] = None, group: ProcessGroup = None) -> torch.Tensor:
+    """`mse` averaged over the whole vocabulary: local mean over V/p, all-reduced, / world size.
+
+    logits: [..., V/p] -> [...] fp32. Forward: all-reduce; backward: identity (each rank's
+    share of the gradient is already local).
+    """
+    local = mse(student_logits, teacher_logits, teacher_weight=teacher_weight, mask=mask)
+    return mpu.reduce_from_model_parallel_region(local, group) / group_size(group)
+
+
+# --------------------------------------------------------------------------- reduction and helpers
+def custom_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None, keep_batch: bool = False) -> torch.Tensor:
+    """The original's `CustomLoss` reduction (spec 2.6): loss * mask, then a plain mean.
+
+    The mean runs over all elements, masked ones included. loss: [B, ...] -> scalar, or
+    [B] (mean over every dimension but 0) with `keep_batch`.
+    """
+    loss = loss.float()
+    if mask is not None:
+        loss = loss * mask.to(loss.dtype)
+    if not keep_batch:
+        return loss.mean()
+    return loss.mean(dim=tuple(range(1, loss.dim()))) if loss.dim() > 1 else loss
+
+
+class _ZeroLike(torch.autograd.Function):
+    """forward: zeros of `shape`; backward: a zero gradient for `like` (never NaN)."""
+
+    @staticmethod
+    def forward(ctx, like, shape):
+        ctx.like_shape, ctx.like_dtype = like.shape, like.dtype
+        return torch.zeros(shape, dtype=torch.float32, device=like.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return torch.zeros(ctx.like_shape, dtype=ctx.like_dtype, device=grad_output.device), None
+
+
+def zero_loss(like: torch.Tensor, shape=()) -> torch.Tensor:
+    """An fp32 zero of `shape`, attached to `like`'s graph when it has one, so that a
+    backward through a loss that happens to be 0 never errors."""
+    if like.requires_grad:
+        return _ZeroLike.apply(like, tuple(shape))
+    return torch.zeros(shape, dtype=torch.float32, device=like.device)
+
+
+SoftLoss = Callable[..., torch.Tensor]
+# (kind, vocabulary-parallel?) -> per-row loss function
+SOFT_LOSSES: Dict[tuple, SoftLoss] = {
+    ("ce", False): soft_cross_entropy, ("ce", True): parallel_soft_cross_entropy,
+    ("kl", False): kl_divergence, ("kl", True): parallel_kl_divergence,
+    ("mse", False): mse, ("mse", True): parallel_mse,
+}
+
+
+def soft_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, vocab_parallel: bool,
+              temperature: float = 1.0, teacher_weight: float = 1.0, mask: Optional[torch.Tensor] = None,
+              group: ProcessGroup = None) -> torch.Tensor:
+    """Per-row soft loss `kind` in {"ce", "kl", "mse"} (MSE ignores the temperature, the
+    others the teacher weight). logits: [..., C] or [..., V/p] -> [...] fp32."""
+    if (kind, vocab_parallel) not in SOFT_LOSSES:
+        raise KeyError(f"unknown soft loss {kind!r}; valid: ce, kl, mse")
+    kwargs = dict(mask=mask, group=group) if vocab_parallel else dict(mask=mask)
+    if kind == "mse":
+        kwargs["teacher_weight"] = teacher_weight
+    else:
+        kwargs["temperature"] = temperature
+    return SOFT_LOSSES[kind, vocab_parallel](student_logits, teacher_logits, **kwargs)

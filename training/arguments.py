@@ -1,0 +1,241 @@
+"""Command line -> RunConfig: the only place that sees argparse's namespace.
+
+Every flag of the original parses with its meaning (training/flags.py). On top of argparse:
+an unknown flag is an error suggesting the closest valid ones; a method that is not built
+(yet) is an error listing the ones that are; an option of one method given with another
+method is an error; the `--mt_*` colon lists are expanded into one TeacherConfig per
+teacher (spec 2.7); and a flag that is given but has no effect in this implementation
+gets a one-time warning.
+"""
+import difflib
+import sys
+import warnings
+from dataclasses import fields
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+from distill.distill_model import STUDENT_MODELS, DistillOptions
+from distill.multi_teacher_model import MULTI_TEACHER_MODELS, AvgTeacherOptions
+
+from .config import (ArchConfig, ConfigError, DataConfig, DistillConfig, DistributedConfig, FinetuneConfig,
+                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, section)
+from .flags import FLAGS, METHOD_GROUPS, MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser
+
+# The original's registries (spec 3, 2.8): every name parses; the ones not built yet say so.
+ORIGINAL_STUDENT_MODELS = ("kd", "tinybert", "erdistill", "minilmv2", "minilm", "distilbert", "mixbaseline", "pkd",
+                           "rail_kd", "mgskd", "diito", "logitsdistil", "sid", "alp_kd", "ckd", "theseus",
+                           "universal_kd", "lrc_bert", "annealing_kd", "mobilebert", "continuation_kd")
+ORIGINAL_MULTI_TEACHER_MODELS = ("avg", "tmkd", "mt_bert", "uncertainty", "rl_kd", "mixmt")
+# Which combiner group's flags a --multi_teacher_model value accepts.
+_COMBINER_GROUP = {None: "avg", "": "avg", "avg": "avg", "tmkd": "avg", "mt_bert": "mt_bert",
+                   "uncertainty": "uncertainty", "rl_kd": "rl_kd", "mixmt": "mixmt"}
+_MT_FIELDS = {"num_attention_heads": int, "hidden_size": int, "num_layers": int, "max_position_embeddings": int,
+              "load_pretrained": str, "ib_hidden_size": int, "ib_ffn_num": int, "ib_word_emb": int,
+              "compress_word_emb": int, "map_vocab_size": float}
+# Flags whose value only matters to the original's machinery (launchers, apex, data loaders):
+# accepted silently because the recipes users paste always carry them.
+_HARMLESS = {"deepspeed", "deepspeed_config", "local_rank", "distributed_backend", "finetune", "block_lm",
+             "no_lazy_loader", "num_workers", "overwrite", "save_interval", "save_epoch", "eval_iters",
+             "eval_interval", "log_interval", "experiment_name", "save", "fp32_allreduce", "DDP_impl",
+             "deepspeed_activation_checkpointing", "eval_batch_size", "eval_epoch", "load_pretrained", "seed",
+             "resume_dataloader", "spare_port", "custom_no_summary_writer", "tokenizer_model_type",
+             "tokenizer_type", "cloze_eval", "summary_dir"}
+
+
+def _flag_names() -> Dict[str, str]:
+    """{"--flag-name": dest} for every flag."""
+    return {flag.name: flag.name.lstrip("-").replace("-", "_") for flag in FLAGS}
+
+
+def _group_of_dest() -> Dict[str, str]:
+    return {flag.name.lstrip("-").replace("-", "_"): flag.group for flag in FLAGS}
+
+
+def explicit_dests(argv: Sequence[str]) -> Set[str]:
+    names = _flag_names()
+    return {names[token.split("=", 1)[0]] for token in argv
+            if token.startswith("--") and token.split("=", 1)[0] in names}
+
+
+def _unknown_flag_error(unknown: List[str]) -> ConfigError:
+    names = list(_flag_names())
+    messages = []
+    for token in unknown:
+        name = token.split("=", 1)[0]
+        if not name.startswith("-"):
+            messages.append(f"unexpected value {token!r}")
+            continue
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        messages.append(f"unknown flag {name}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return ConfigError("; ".join(messages))
+
+
+def _check_methods(values: Dict[str, Any], explicit: Set[str]) -> None:
+    student, combiner = values["student_model"], values["multi_teacher_model"] or None
+    if student is not None and student not in STUDENT_MODELS:
+        if student in ORIGINAL_STUDENT_MODELS:
+            raise ConfigError(f"--student_model={student} is not implemented yet; implemented methods: "
+                              f"{sorted(STUDENT_MODELS)}")
+        raise ConfigError(f"unknown --student_model={student!r}; valid: {list(ORIGINAL_STUDENT_MODELS)}")
+    if combiner is not None and combiner not in MULTI_TEACHER_MODELS:
+        if combiner in ORIGINAL_MULTI_TEACHER_MODELS:
+            raise ConfigError(f"--multi_teacher_model={combiner} is not implemented yet; implemented combiners: "
+                              f"{sorted(k for k in MULTI_TEACHER_MODELS if k)}")
+        raise ConfigError(f"unknown --multi_teacher_model={combiner!r}; valid: {list(ORIGINAL_MULTI_TEACHER_MODELS)}")
+    groups = _group_of_dest()
+    allowed_students = set(STUDENT_METHOD_GROUPS) if student == "mixbaseline" else {student}
+    allowed_combiners = set(MULTI_TEACHER_METHOD_GROUPS) if combiner == "mixmt" else {_COMBINER_GROUP[combiner]}
+    for dest in sorted(explicit):
+        group = groups[dest]
+        if group in STUDENT_METHOD_GROUPS and group not in allowed_students:
+            raise ConfigError(f"--{dest} is an option of --student_model={group}, but this run uses "
+                              f"--student_model={student}")
+        if group in MULTI_TEACHER_METHOD_GROUPS and group not in allowed_combiners:
+            raise ConfigError(f"--{dest} is an option of --multi_teacher_model={group}, but this run uses "
+                              f"--multi_teacher_model={combiner or 'avg (the default)'}")
+
+
+def _split_list(flag: str, text: str, cast) -> List[Any]:
+    try:
+        return [cast(item) for item in str(text).split(":")]
+    except ValueError as error:
+        raise ConfigError(f"--{flag}={text}: {error}") from None
+
+
+def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
+    """One TeacherConfig per teacher: the `--mt_*` lists, filled from `--teacher_*` (spec 2.7)."""
+    lists = {}
+    for name, cast in _MT_FIELDS.items():
+        used.update({f"mt_{name}", f"teacher_{name}"})
+        text = values.get(f"mt_{name}")
+        lists[name] = _split_list(f"mt_{name}", text, cast) if text not in (None, "") else []
+    count = max(len(items) for items in lists.values())
+    if count == 0:
+        if values.get("teacher_load_pretrained") is None and not values.get("teacher_random_para"):
+            return ()
+        count = 1
+    for name, items in lists.items():
+        if not items:
+            items[:] = [values.get(f"teacher_{name}")] * count
+        elif len(items) == 1:
+            items[:] = items * count
+        elif len(items) != count:
+            raise ConfigError(f"--mt_{name} lists {len(items)} teachers, other --mt_* flags list {count}")
+    disable = _split_list("mt_disable_operation", values.get("mt_disable_operation") or "0", int)
+    if len(disable) == 1:
+        disable = disable * count
+    elif len(disable) != count:
+        raise ConfigError(f"--mt_disable_operation lists {len(disable)} values for {count} teachers")
+    used.update({"mt_disable_operation", "teacher_fp16", "teacher_random_para", "teacher_inverted_bottleneck_mode",
+                 "teacher_cross_layer_parameter_sharing"})
+    teachers = []
+    for i in range(count):
+        arch = ArchConfig(
+            num_layers=lists["num_layers"][i], hidden_size=lists["hidden_size"][i],
+            num_attention_heads=lists["num_attention_heads"][i],
+            max_position_embeddings=lists["max_position_embeddings"][i],
+            inverted_bottleneck_mode=bool(values.get("teacher_inverted_bottleneck_mode")),
+            ib_hidden_size=lists["ib_hidden_size"][i], ib_ffn_num=lists["ib_ffn_num"][i],
+            ib_word_emb=lists["ib_word_emb"][i] or 0, compress_word_emb=lists["compress_word_emb"][i] or 0,
+            cross_layer_parameter_sharing=bool(values.get("teacher_cross_layer_parameter_sharing")),
+            map_vocab_size=lists["map_vocab_size"][i] or 0.0)
+        path = lists["load_pretrained"][i]
+        if not path and not values.get("teacher_random_para"):
+            raise ConfigError(f"teacher {i} has no checkpoint: give --teacher_load_pretrained or --mt_load_pretrained")
+        teachers.append(TeacherConfig(arch, path or None, random_para=bool(values.get("teacher_random_para")),
+                                      half_precision=bool(values.get("teacher_fp16")), disabled=bool(disable[i])))
+    return tuple(teachers)
+
+
+class _Reader(dict):
+    """The namespace as a dict that remembers which entries were read."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.used: Set[str] = set()
+
+    def pick(self, cls) -> Dict[str, Any]:
+        names = {f.name for f in fields(cls)} & set(self)
+        self.used |= names
+        return {name: self[name] for name in names}
+
+
+def _block_lm(values: _Reader) -> Dict[str, Any]:
+    names = ("bert_prob", "gap_sentence_prob", "gpt_infill_prob", "gpt_min_ratio", "gap_sentence_ratio",
+             "avg_block_length", "short_seq_prob", "block_mask_prob", "task_mask", "no_shuffle_block")
+    values.used.update(names + ("seq_length",))
+    return {**{name: values[name] for name in names}, "max_seq_length": values["seq_length"]}
+
+
+def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> RunConfig:
+    values = _Reader(values)
+    _check_methods(values, explicit)
+    student = values["student_model"]
+    combiner = values["multi_teacher_model"] or None
+    teachers = build_teachers(values, values.used)
+    if student is not None and not teachers:
+        raise ConfigError(f"--student_model={student} needs a teacher: give --teacher_load_pretrained (or the "
+                          f"--mt_* lists)")
+    truncate = values.get("student_truncate_tn")
+    if truncate is not None and truncate < 0:
+        truncate = None
+    if truncate is not None and not 0 <= truncate < len(teachers):
+        raise ConfigError(f"--student_truncate_tn={truncate} but there are {len(teachers)} teachers")
+    method_values = {dest: values[dest] for dest, group in _group_of_dest().items()
+                     if group in (student,) or (student == "mixbaseline" and group in STUDENT_METHOD_GROUPS)}
+    values.used.update(method_values)
+    values.used.update({"student_model", "multi_teacher_model", "student_truncate_tn", "mt_has_loss", "mt_has_grad"})
+    distill = DistillConfig(student_model=student, multi_teacher_model=combiner,
+                            options=values.pick(DistillOptions), method_options=method_values,
+                            combiner_options=values.pick(AvgTeacherOptions), student_truncate_tn=truncate,
+                            mt_has_loss=bool(values["mt_has_loss"]), mt_has_grad=bool(values["mt_has_grad"]))
+    if distill.mt_has_grad:
+        raise ConfigError("--mt_has_grad (training the teachers jointly) is not implemented yet")
+    data = DataConfig(**{**values.pick(DataConfig), "train_data": tuple(values["train_data"] or ()),
+                         "valid_data": tuple(values["valid_data"] or ()), "test_data": tuple(values["test_data"] or ()),
+                         "block_lm": _block_lm(values)})
+    config = RunConfig(
+        stage=stage, arch=ArchConfig(**values.pick(ArchConfig)), model=ModelOptions(**values.pick(ModelOptions)),
+        teachers=teachers, optim=OptimConfig(**values.pick(OptimConfig)), train=TrainConfig(**values.pick(TrainConfig)),
+        distributed=DistributedConfig(**values.pick(DistributedConfig)), data=data,
+        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, flags=dict(values))
+    _validate(config)
+    ignored = sorted(explicit - values.used - _HARMLESS)
+    if ignored:
+        warnings.warn("these flags have no effect in this implementation: "
+                      + ", ".join(f"--{dest}" for dest in ignored), stacklevel=2)
+    return config
+
+
+def _validate(config: RunConfig) -> None:
+    train = config.train
+    if train.fp16 and train.bf16:
+        raise ConfigError("--fp16 and --bf16 are exclusive")
+    if train.ignore_first_backward_gard and (config.train.forward_repeat_num < 1 or train.gradient_accumulation_steps != 1):
+        raise ConfigError("--ignore_first_backward_gard needs --forward_repeat_num >= 1 and "
+                          "--gradient-accumulation-steps=1")
+    if config.arch.hidden_size % config.arch.num_attention_heads:
+        raise ConfigError(f"--hidden-size={config.arch.hidden_size} is not divisible by "
+                          f"--num-attention-heads={config.arch.num_attention_heads}")
+    if config.arch.num_attention_heads % config.distributed.model_parallel_size:
+        raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size} does not divide "
+                          f"--num-attention-heads={config.arch.num_attention_heads}")
+    for i, teacher in enumerate(config.teachers):
+        if teacher.arch.num_attention_heads % config.distributed.model_parallel_size:
+            raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size} does not divide the "
+                              f"{teacher.arch.num_attention_heads} attention heads of teacher {i}")
+    if config.stage == "finetune" and not config.finetune.task:
+        raise ConfigError("finetune.py needs --task")
+
+
+def parse_run_config(argv: Optional[Sequence[str]], stage: str, prog: str) -> RunConfig:
+    """Parse `argv` (default: sys.argv[1:]) into a RunConfig; errors raise ConfigError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog, f"{stage} a GLM, optionally distilling it from teachers")
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise _unknown_flag_error(unknown)
+    return build_run_config(vars(namespace), stage, explicit_dests(argv))
+
+
+def build_help(stage: str, prog: str) -> str:
+    return build_parser(prog, f"{stage} a GLM, optionally distilling it from teachers").format_help()

