@@ -72,6 +72,13 @@ class Taps:
             self.captured[full_name] = value
         return value
 
+    def wants(self, *names: str) -> bool:
+        """Whether any of `names` (local to this scope) is requested or intervened on."""
+        if not self.active:
+            return False
+        full_names = [self.prefix + name for name in names]
+        return any(name in self.requested or name in self.interventions for name in full_names)
+
     def intervention(self, name: str) -> Optional[Intervention]:
         return self.interventions.get(self.prefix + name)
 

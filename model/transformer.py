@@ -69,6 +69,24 @@ class ParallelSelfAttention(nn.Module):
         with mpu.get_cuda_rng_tracker().fork():  # heads differ per rank: a per-rank stream
             return self.attention_dropout(probs)
 
+    def _explicit_attention(self, query, key, value, mask, taps: Taps) -> torch.Tensor:
+        """Scores and probabilities materialised (they can be tapped or intervened on)."""
+        scale = self.attention_scale
+        scores = torch.matmul(query / math.sqrt(scale), key.transpose(-1, -2) / math.sqrt(self.head_dim * scale))
+        if scale > 1.0:  # GLM's fp16 stabilisation: subtract the row max before re-scaling
+            scores = (scores - scores.max(dim=-1, keepdim=True).values.detach()) * scale
+        scores = taps("attention_scores", torch.where(mask, scores, scores.new_tensor(MASKED_SCORE)))
+        probs = taps("attention_probs", torch.softmax(scores.float(), dim=-1).to(scores.dtype))
+        return torch.matmul(self._dropout_probs(probs), value)
+
+    def _fused_attention(self, query, key, value, mask) -> torch.Tensor:
+        """The same attention through torch's fused kernel (flash/memory-efficient on GPUs)."""
+        dropout = self.attention_dropout.p if self.training else 0.0
+        if dropout > 0 and mpu.get_model_parallel_world_size() > 1:
+            with mpu.get_cuda_rng_tracker().fork():
+                return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, taps: Taps) -> torch.Tensor:
         mixed = self.query_key_value(hidden)                      # [B, S, 3A/p]
         query, key, value = mpu.split_tensor_along_last_dim(mixed, 3)
@@ -76,13 +94,10 @@ class ParallelSelfAttention(nn.Module):
         key = self._split_heads(taps("mixed_key_layer", key))
         value = self._split_heads(taps("mixed_value_layer", value))
         query, key, value = taps("query_layer", query), taps("key_layer", key), taps("value_layer", value)
-        scale = self.attention_scale
-        scores = torch.matmul(query / math.sqrt(scale), key.transpose(-1, -2) / math.sqrt(self.head_dim * scale))
-        if scale > 1.0:  # GLM's fp16 stabilisation: subtract the row max before re-scaling
-            scores = (scores - scores.max(dim=-1, keepdim=True).values.detach()) * scale
-        scores = taps("attention_scores", torch.where(mask, scores, scores.new_tensor(MASKED_SCORE)))
-        probs = taps("attention_probs", torch.softmax(scores.float(), dim=-1).to(scores.dtype))
-        context = torch.matmul(self._dropout_probs(probs), value)   # [B, nh/p, S, dh]
+        if self.attention_scale == 1.0 and not taps.wants("attention_scores", "attention_probs"):
+            context = self._fused_attention(query, key, value, mask)
+        else:
+            context = self._explicit_attention(query, key, value, mask, taps)   # [B, nh/p, S, dh]
         batch, _, seq, _ = context.shape
         context = context.transpose(1, 2).reshape(batch, seq, -1)  # [B, S, A/p]
         context = taps("context_layer", context)

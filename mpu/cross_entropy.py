@@ -28,11 +28,16 @@ def _vocab_range(per_partition: int, group: ProcessGroup) -> Tuple[int, int]:
 
 
 def _logsumexp(logits: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """log sum_v exp(logits) over the whole vocabulary. logits: [N, V/p] fp32 -> [N, 1]."""
-    row_max = all_reduce_no_grad(logits.max(dim=-1, keepdim=True).values, group, dist.ReduceOp.MAX)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    sum_exp = all_reduce_no_grad((logits - row_max).exp().sum(dim=-1, keepdim=True), group)
-    return sum_exp.log() + row_max
+    """log sum_v exp(logits) over the whole vocabulary. logits: [N, V/p] fp32 -> [N, 1].
+
+    One fused logsumexp per shard; across shards the local results are combined with a max
+    and a sum all-reduce of [N, 1] (a row of -inf gives -inf, never NaN)."""
+    local = torch.logsumexp(logits, dim=-1, keepdim=True)
+    if group_size(group) == 1:
+        return local
+    stabilizer = all_reduce_no_grad(local, group, dist.ReduceOp.MAX)
+    stabilizer = torch.where(torch.isfinite(stabilizer), stabilizer, torch.zeros_like(stabilizer))
+    return all_reduce_no_grad((local - stabilizer).exp(), group).log() + stabilizer
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -77,18 +82,29 @@ def vocab_parallel_select(vocab_parallel_logits: torch.Tensor, index: torch.Tens
     return reduce_from_model_parallel_region(local.masked_fill(outside, 0.0), group)
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
 def _soft_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: str, group: ProcessGroup):
-    """Loss rows and log-sum-exps for a chunk. student/teacher: [n, V/p] -> [n], [n, 1], [n, 1]."""
-    s = student.float() / temperature
-    t = teacher.float() / temperature
+    """Loss rows and log-sum-exps for a chunk. student/teacher: [n, V/p] -> [n], [n, 1], [n, 1].
+
+    With p_t = exp(t - lse_t) (sum 1 over the whole vocabulary):
+    KL = sum p_t (t - s) - lse_t + lse_s and CE = -sum p_t s + lse_s, so each needs only dot
+    products of p_t with the logits (few passes over [n, V/p]). Where a logit is infinite those
+    products are NaN; such chunks take the elementwise form with 0 log 0 = 0."""
+    s, t = _scaled(student, temperature), _scaled(teacher, temperature)
     s_lse, t_lse = _logsumexp(s, group), _logsumexp(t, group)
-    log_ps, log_pt = s - s_lse, t - t_lse
-    p_t = log_pt.exp()
-    if kind == "kl":
-        local = torch.xlogy(p_t, p_t) - p_t * log_ps  # p_t log p_t, with 0 log 0 = 0
+    p_t = (t - t_lse).exp_()
+    local = torch.linalg.vecdot(p_t, t - s) if kind == "kl" else -torch.linalg.vecdot(p_t, s)
+    if torch.isnan(local).any():
+        log_ps, log_pt = s - s_lse, t - t_lse
+        local = (torch.xlogy(p_t, p_t) - p_t * log_ps).sum(-1) if kind == "kl" else -(p_t * log_ps).sum(-1)
+        shift = 0.0
     else:
-        local = -p_t * log_ps
-    return all_reduce_no_grad(local.sum(dim=-1), group), s_lse, t_lse
+        shift = (s_lse - t_lse).squeeze(-1) if kind == "kl" else s_lse.squeeze(-1)
+    return all_reduce_no_grad(local, group) + shift, s_lse, t_lse
 
 
 def _chunks(num_rows: int, chunk_size: Optional[int]):
@@ -100,11 +116,9 @@ class _VocabParallelSoftLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, mask, temperature, kind, group, chunk_size):
         # student, teacher: [N, V/p]; mask: [N] bool
-        loss = torch.zeros(student.size(0), dtype=torch.float32, device=student.device)
-        s_lse = torch.zeros(student.size(0), 1, dtype=torch.float32, device=student.device)
-        t_lse = torch.zeros_like(s_lse)
-        for rows in _chunks(student.size(0), chunk_size):
-            loss[rows], s_lse[rows], t_lse[rows] = _soft_rows(student[rows], teacher[rows], temperature, kind, group)
+        rows = _chunks(student.size(0), chunk_size)
+        parts = [_soft_rows(student[r], teacher[r], temperature, kind, group) for r in rows]
+        loss, s_lse, t_lse = (torch.cat(items) for items in zip(*parts))
         loss = torch.where(mask, loss, torch.zeros_like(loss))
         ctx.save_for_backward(student, teacher, mask, s_lse, t_lse, loss)
         ctx.temperature, ctx.kind, ctx.chunk_size = temperature, kind, chunk_size
@@ -115,21 +129,24 @@ class _VocabParallelSoftLoss(torch.autograd.Function):
         student, teacher, mask, s_lse, t_lse, loss = ctx.saved_tensors
         temperature = ctx.temperature
         need_student, need_teacher = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_s = torch.zeros_like(student) if need_student else None
-        grad_t = torch.zeros_like(teacher) if need_teacher else None
         scale = torch.where(mask, grad_output, torch.zeros_like(grad_output)).unsqueeze(-1) / temperature
-        keep = mask.unsqueeze(-1)
+        grads_s, grads_t = [], []
         for rows in _chunks(student.size(0), ctx.chunk_size):
-            log_ps = student[rows].float() / temperature - s_lse[rows]
-            log_pt = teacher[rows].float() / temperature - t_lse[rows]
-            p_s, p_t = log_ps.exp(), log_pt.exp()
+            s, t = _scaled(student[rows], temperature), _scaled(teacher[rows], temperature)
+            p_t = (t - t_lse[rows]).exp_()
+            dropped = ~mask[rows]
             if need_student:  # d/dz_s of both KL and CE: (p_s - p_t) / T
-                g = scale[rows] * (p_s - p_t)
-                grad_s[rows] = torch.where(keep[rows], g, torch.zeros_like(g)).to(student.dtype)
+                g = (s - s_lse[rows]).exp_().sub_(p_t).mul_(scale[rows])
+                g[dropped] = 0.0
+                grads_s.append(g.to(student.dtype))
             if need_teacher:  # KL: p_t (log p_t - log p_s - KL) / T;  CE: p_t (-log p_s - CE) / T
-                inner = (log_pt - log_ps) if ctx.kind == "kl" else -log_ps
-                g = scale[rows] * p_t * (inner - loss[rows].unsqueeze(-1))
-                grad_t[rows] = torch.where(keep[rows], g, torch.zeros_like(g)).to(teacher.dtype)
+                log_ps = s - s_lse[rows]
+                inner = (t - t_lse[rows]).sub_(log_ps) if ctx.kind == "kl" else log_ps.neg_()
+                g = inner.sub_(loss[rows].unsqueeze(-1)).mul_(p_t).mul_(scale[rows])
+                g[dropped] = 0.0
+                grads_t.append(g.to(teacher.dtype))
+        grad_s = torch.cat(grads_s) if need_student else None
+        grad_t = torch.cat(grads_t) if need_teacher else None
         return grad_s, grad_t, None, None, None, None, None
 
 

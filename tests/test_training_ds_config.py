@@ -333,7 +333,7 @@ _DEEPSPEED_STEP = textwrap.dedent("""
     x = 3 * torch.randn(4, 8)
     engine.backward(engine(x).pow(2).mean())
     engine.step()
-    # The JSON's "Adam" with weight decay is decoupled (AdamW); clipping at 1.0.
+    # The JSON's "Adam" (torch_adam) with weight decay is decoupled: torch AdamW; clipping at 1.0.
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=5e-4, betas=(0.9, 0.999), eps=1e-8,
                                             weight_decay=0.01)
     reference(x).pow(2).mean().backward()
@@ -355,8 +355,9 @@ def _free_port() -> int:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 def test_deepspeed_accepts_the_cpu_config_and_takes_a_step():
     """A single-process deepspeed.initialize on CPU. The first run JIT-builds DeepSpeed's
-    shared-memory op and its CPU FusedAdam with g++ (about 2.5 minutes on 2 cores, then cached
-    in ~/.cache/torch_extensions), hence the subprocess and the long timeout."""
+    shared-memory comm op with g++ (about 1.5 minutes on 2 busy cores, then cached in
+    ~/.cache/torch_extensions; the config's torch_adam avoids a second build for FusedAdam),
+    hence the subprocess and the long timeout."""
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", _DEEPSPEED_STEP], cwd=REPO, env=env, capture_output=True,

@@ -58,8 +58,8 @@ class AnnealingLR:
         if warmup > 0 and it <= warmup:
             return lr0 * it / warmup
         inverse_ratio = 1 / self.decay_ratio  # the original stores 1/r and computes with it
-        if self.decay_style == "linear":
-            return lr0 - lr0 * (1 - 1 / inverse_ratio) * ((it - warmup) / self.end_iter)
+        if self.decay_style == "linear":   # clamped at the schedule's end (the original went on, below 0)
+            return lr0 - lr0 * (1 - 1 / inverse_ratio) * min(1.0, (it - warmup) / self.end_iter)
         if self.decay_style == "cosine":
             progress = min(1.0, (it - warmup) / self.end_iter)
             return lr0 / inverse_ratio * ((math.cos(math.pi * progress) + 1) * (inverse_ratio - 1) / 2 + 1)
