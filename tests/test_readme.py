@@ -115,3 +115,24 @@ def test_python_examples_run():
 def test_ci_runs_the_readme_test_command():
     test_command = next(c for c in _commands() if TEST_COMMAND_MARK in c)
     assert test_command in CI_SCRIPT.read_text()
+
+
+def test_the_original_recipes_listed_parse():
+    from training.arguments import parse_run_config
+    block = next(b for b in _blocks("text") if "finetune:" in b)
+    student = ["--num-layers=6", "--hidden-size=768", "--num-attention-heads=12"]
+    one_teacher = ["--teacher_load_pretrained=/t", "--teacher_num_layers=12", "--teacher_hidden_size=768",
+                   "--teacher_num_attention_heads=12"]
+    two_teachers = ["--mt_num_attention_heads=12:16", "--mt_hidden_size=768:1024", "--mt_num_layers=12:24",
+                    "--mt_load_pretrained=/a:/b"]
+    lines = [line for line in block.splitlines() if ":" in line]
+    assert len(lines) == 8
+    for line in lines:
+        name, rest = line.split(maxsplit=1)
+        stage, flags = rest.split(":", 1)
+        flags = [] if flags.strip().startswith("(") else flags.split()
+        teachers = two_teachers if "multi_teacher_model" in " ".join(flags) else one_teacher
+        teachers = teachers if any(f.startswith("--student_model") for f in flags) else []
+        task = ["--task=RTE"] if stage == "finetune" else []
+        config = parse_run_config([*student, *task, *teachers, *flags], stage, "recipe")
+        assert config.stage == stage, line

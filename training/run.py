@@ -128,6 +128,7 @@ def finetune_evaluator(stage: FinetuneStage, forward, dev, batch_size: int, devi
         predictions = gather_predictions(indexed)
         scores = stage.task.evaluate(predictions, dev.examples)
         if output_predictions and (not dist.is_initialized() or dist.get_rank() == 0):
+            Path(output_predictions).parent.mkdir(parents=True, exist_ok=True)
             stage.task.write_predictions(output_predictions, dev.examples, predictions)
         return scores
     return evaluate
@@ -144,7 +145,7 @@ def build_teachers(cfg: RunConfig, stage, vocab_size: int, env) -> List:
     return teachers
 
 
-def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool):
+def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool, save_dir: Optional[str] = None):
     settings = DeepSpeedSettings(
         batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
@@ -156,6 +157,8 @@ def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool
                                               cuda_available=torch.cuda.is_available())
     for note in notes:
         _log(f"note: {note}")
+    if cfg.distributed.deepspeed and save_dir and env.is_main:
+        _log(f"DeepSpeed config: {write_config_copy(ds_config, str(Path(save_dir) / 'deepspeed_config'))}")
     values = effective_training_values(ds_config)
     module = module.to(env.device)
     optimizer = engines.build_optimizer(module, values["lr"], values["weight_decay"], values["betas"], values["eps"])
@@ -219,7 +222,8 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         combiner = build_multi_teacher(cfg.distill.multi_teacher_model, AvgTeacherOptions(**cfg.distill.combiner_options),
                                        DistillOptions(**cfg.distill.options))
     module = student if student is not None else student_module
-    engine, optimizer, values, ds_config = build_engine(cfg, module, env, find_unused=student is not None)
+    engine, optimizer, values, ds_config = build_engine(cfg, module, env, find_unused=student is not None,
+                                                        save_dir=ctx.save_dir)
     iters_per_epoch = 0
     if cfg.stage == "finetune":
         iters_per_epoch = max(train_data.batches_per_epoch // values["gradient_accumulation_steps"], 1)
@@ -266,9 +270,26 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     finally:
         logger.close()
     result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
-    if cfg.stage == "finetune" and ctx.save_dir and state.best_score is not None and not cfg.train.ft_final_save:
-        if env.is_main and not settings.no_save:
-            write_tracker(ctx.save_dir, "best")
-            atomic_write_bytes(Path(ctx.save_dir) / "results.json",
-                               lambda f: f.write(json.dumps(result, indent=1).encode()))
+    if cfg.stage == "finetune" and ctx.save_dir and not settings.no_save:
+        result["test_results"] = _finish_finetuning(cfg, ctx, engine, stage, evaluate, state, env)
     return result
+
+
+def _finish_finetuning(cfg: RunConfig, ctx: RunContext, engine, stage, evaluate, state, env) -> Dict[str, float]:
+    """Point the tracker at the best weights (unless --ft_final_save), reload them, write the
+    dev predictions in the submission format and the scores (results.json, test_results.json)."""
+    if state.best_score is not None and not cfg.train.ft_final_save:
+        if env.is_main:
+            write_tracker(ctx.save_dir, "best")
+        if dist.is_initialized():
+            dist.barrier()
+        load_model_weights(engine.module, ctx.save_dir, what="best checkpoint")
+    engine.eval()
+    predictions = Path(ctx.save_dir) / "predictions" / stage.task.spec.submission_file
+    scores = evaluate(output_predictions=str(predictions))
+    if env.is_main:
+        record = {"max_score_dict": state.max_score_dict, "best_epoch": state.best_epoch,
+                  "best_iteration": state.best_iteration, "final": scores}
+        for name, payload in (("results.json", record), ("test_results.json", scores)):
+            atomic_write_bytes(Path(ctx.save_dir) / name, lambda f, p=payload: f.write(json.dumps(p, indent=1).encode()))
+    return scores
