@@ -2,7 +2,7 @@
 bottleneck) layer, and the stack with 2-D positions, the blank-infilling mask and
 activation checkpointing. Spec 9.1-9.2."""
 import math
-from typing import List, Optional, Union
+from typing import List, Union
 
 import torch
 import torch.nn.functional as F

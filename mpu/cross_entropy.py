@@ -99,7 +99,7 @@ def _soft_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     p_t = (t - t_lse).exp_()
     local = torch.linalg.vecdot(p_t, t - s) if kind == "kl" else -torch.linalg.vecdot(p_t, s)
     if torch.isnan(local).any():
-        log_ps, log_pt = s - s_lse, t - t_lse
+        log_ps = s - s_lse
         local = (torch.xlogy(p_t, p_t) - p_t * log_ps).sum(-1) if kind == "kl" else -(p_t * log_ps).sum(-1)
         shift = 0.0
     else:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glm_fixtures import NO_DROPOUT, blank_infilling_batch, reference_glm_logits, tiny_config
+from glm_fixtures import blank_infilling_batch, reference_glm_logits, tiny_config
 from model import (LAYER_TAPS, GLMConfig, GLMForMultiTokenCloze, GLMForSequenceClassification,
                    GLMForSingleTokenCloze, GLMModel, language_model_loss, preset)
 from mpu import pad_vocab_size

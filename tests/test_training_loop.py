@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 
-import mpu
 from distill.distill_model import DistillOptions, TeacherInfo, build_student
 from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
 from dist_utils import assert_rel_close
 from glm_fixtures import tiny_config
 from model import GLMModel
-from model.checkpoint import TRACKER_FILENAME, read_tracker
+from model.checkpoint import read_tracker
 from training import checkpointing
 from training.config import ArchConfig, TeacherConfig
 from training.metrics_log import MetricsLogger

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 import mpu
-from dist_utils import assert_rel_close, run_distributed
+from dist_utils import run_distributed
 from training_fixtures import (ListBatches, full_state, global_batches, make_trainer, sharded_model, torch_engine,
                                cpu_env)
 

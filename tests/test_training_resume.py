@@ -2,7 +2,6 @@
 with --load to N: identical parameters (bit for bit, CPU fp32) and identical losses, for
 plain pretraining and for KD. Also: a crash never leaves the tracker on a partial save."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ def material(tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume")
     vocab, corpus = write_vocab(folder), write_corpus(folder, num_documents=200)
     teacher = folder / "teacher"
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, teacher, 10, f"--save-interval=10"))
+    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, teacher, 10, "--save-interval=10"))
     assert done.returncode == 0, done.stderr
     return folder, vocab, corpus, teacher / "run"
 
@@ -67,7 +66,7 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(material, tmp_path, 
     resumed_from = int((tmp_path / "killed" / "run" / TRACKER_FILENAME).read_text())
     done = run_script("pretrain.py", [*interrupted, f"--load={tmp_path / 'killed' / 'run'}"])
     assert done.returncode == 0, done.stderr
-    assert f"resumed from" in done.stdout and f"at iteration {resumed_from}" in done.stdout
+    assert "resumed from" in done.stdout and f"at iteration {resumed_from}" in done.stdout
 
     expected = load_model_shard(tmp_path / "straight" / "run", 0)["module"]
     actual = load_model_shard(tmp_path / "killed" / "run", 0)["module"]

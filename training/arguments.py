@@ -17,8 +17,8 @@ from distill.distill_model import STUDENT_MODELS, DistillOptions
 from distill.multi_teacher_model import MULTI_TEACHER_MODELS, AvgTeacherOptions
 
 from .config import (ArchConfig, ConfigError, DataConfig, DistillConfig, DistributedConfig, FinetuneConfig,
-                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, section)
-from .flags import FLAGS, METHOD_GROUPS, MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser
+                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig)
+from .flags import FLAGS, MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser
 
 # The original's registries (spec 3, 2.8): every name parses; the ones not built yet say so.
 ORIGINAL_STUDENT_MODELS = ("kd", "tinybert", "erdistill", "minilmv2", "minilm", "distilbert", "mixbaseline", "pkd",

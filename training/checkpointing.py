@@ -12,7 +12,7 @@ a partial checkpoint.
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist

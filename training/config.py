@@ -205,9 +205,3 @@ class RunConfig:
                 return [convert(v) for v in value]
             return value
         return convert(self)
-
-
-def section(cls, values: Mapping[str, Any], **overrides):
-    """An instance of the dataclass `cls` from the namespace entries named like its fields."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{**{k: v for k, v in values.items() if k in names}, **overrides})

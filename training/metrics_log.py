@@ -8,7 +8,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 from tqdm import tqdm
 
@@ -63,15 +63,3 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def format_table(rows, columns) -> str:
-    """A Markdown table from a list of dicts."""
-    header = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join([header, rule, *body])
-
-
-def _cell(value) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -6,8 +6,6 @@ torch) with the optimizer and LR schedule; --load resumes exactly; train; at the
 fine-tuning the tracker points at the best weights and the best scores are written.
 """
 import json
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,7 +29,7 @@ from .config import ConfigError, RunConfig
 from .data import EpochBatches, PretrainBatches, eval_shards, to_device
 from .ds_config import DeepSpeedSettings, build_deepspeed_config, effective_training_values, write_config_copy
 from .lr_schedule import build_lr_scheduler
-from .metrics_log import MetricsLogger, format_table
+from .metrics_log import MetricsLogger
 from .stages import FinetuneStage, PretrainStage, gather_predictions
 from .teachers import build_teacher, truncate_teacher_as_student
 from .trainer import LoopSettings, Trainer
@@ -203,7 +201,6 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         stage, train_data, valid = build_pretrain(cfg, tokenizer, env)
     else:
         stage, train_data, valid = build_finetune(cfg, tokenizer, env)
-    classification = cfg.stage == "finetune" and stage.kind == "classification"
     glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations)
     teachers = build_teachers(cfg, stage, vocab_size, env)
     engines.set_random_seed(cfg.train.seed)   # the student's init does not depend on the teachers

@@ -2,7 +2,7 @@
 size, frozen (eval mode, no gradients, no optimizer state, not in ZeRO), optionally in half
 precision; and the student's initialisation from a teacher's bottom layers."""
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.distributed as dist

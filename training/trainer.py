@@ -12,15 +12,14 @@ import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 import mpu
 from distill.distill_model import StepInfo
-from model.checkpoint import atomic_write_bytes, write_tracker
+from model.checkpoint import atomic_write_bytes
 
 from .checkpointing import save_checkpoint, load_checkpoint
 from .engine import rng_state, set_rng_state
