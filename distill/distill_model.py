@@ -10,7 +10,7 @@ multi-teacher combiner (`distill.multi_teacher_model`), which calls `pre_loss` a
 import math
 import warnings
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from torch import Tensor, nn
 
@@ -159,16 +159,35 @@ class GLMStudent(nn.Module):
     applies with `keep_vars=True` and when the student is nested in another module.
     """
     name = "kd"
+    # The typed options of the method's own flags (a frozen dataclass whose fields are the flag
+    # names, e.g. `tinybert_wo_inter`), or None when it has none.
+    options_class: Optional[type] = None
+    # Whether the method's taps/interventions survive activation checkpointing (DIITO's don't).
+    supports_activation_checkpointing = True
 
-    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = ()):
+    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
+                 method_options=None):
         super().__init__()
         self.model = model
         self.options = options
         self.teachers = tuple(teachers)
+        if method_options is None and self.options_class is not None:
+            method_options = self.options_class()
+        self.method_options = method_options
+        self._teacher_modules: Tuple[nn.Module, ...] = ()
         self._load_prefix = ""
         self.register_state_dict_post_hook(GLMStudent._rename_saved)
         self.register_load_state_dict_pre_hook(GLMStudent._rename_loading)
         self.register_load_state_dict_post_hook(GLMStudent._rename_incompatible)
+
+    def bind_teachers(self, modules: Sequence[nn.Module]) -> None:
+        """Give methods that run teacher layers inside the student (Theseus) the frozen teacher
+        modules; they are held outside the module tree (not saved, not in the optimizer)."""
+        self._teacher_modules = tuple(modules)
+
+    @property
+    def teacher_modules(self) -> Tuple[nn.Module, ...]:
+        return self._teacher_modules
 
     # ------------------------------------------------------------------ per-step requests
     def student_taps(self, step: StepInfo) -> List[str]:
@@ -286,9 +305,19 @@ def register_student(cls: Type[GLMStudent]) -> Type[GLMStudent]:
 register_student(GLMStudent)
 
 
-def build_student(name: str, model: nn.Module, options: DistillOptions,
-                  teachers: Sequence[TeacherInfo] = ()) -> GLMStudent:
-    """The registered method `name` wrapped around `model`; KeyError listing the valid names."""
+def method_options_for(cls: Type[GLMStudent], values: Optional[Mapping[str, object]]):
+    """`cls.options_class` built from the flag values that name its fields (others ignored)."""
+    if cls.options_class is None:
+        return None
+    names = {field.name for field in fields(cls.options_class)}
+    return cls.options_class(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def build_student(name: str, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
+                  method_options: Optional[Mapping[str, object]] = None) -> GLMStudent:
+    """The registered method `name` wrapped around `model`, with its typed options built from
+    `method_options` ({flag name: value}); KeyError listing the valid names."""
     if name not in STUDENT_MODELS:
         raise KeyError(f"unknown student model {name!r}; valid: {', '.join(sorted(STUDENT_MODELS))}")
-    return STUDENT_MODELS[name](model, options, teachers)
+    cls = STUDENT_MODELS[name]
+    return cls(model, options, teachers, method_options=method_options_for(cls, method_options))

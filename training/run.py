@@ -18,6 +18,7 @@ from data_utils.corpora import CorpusConfig, build_corpus
 from data_utils.samples import split_iterators
 from data_utils.tokenization import build_tokenizer, packaged_vocab_path
 from distill.distill_model import DistillOptions, TeacherInfo, build_student
+from distill.random_data import RandomDataOptions
 from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
 from model import GLMModel
 from model.checkpoint import TRACKER_FILENAME, atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
@@ -215,7 +216,13 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     student = combiner = None
     if cfg.distill.enabled:
         infos = [TeacherInfo(t.arch.num_layers, t.arch.hidden_size, t.arch.num_attention_heads) for t in cfg.teachers]
-        student = build_student(cfg.distill.student_model, student_module, DistillOptions(**cfg.distill.options), infos)
+        student = build_student(cfg.distill.student_model, student_module, DistillOptions(**cfg.distill.options), infos,
+                                method_options=cfg.distill.method_options)
+        if cfg.train.checkpoint_activations and not student.supports_activation_checkpointing:
+            raise ConfigError(f"--student_model={cfg.distill.student_model} does not work with "
+                              f"--checkpoint-activations (its interventions need the stored activations); "
+                              f"drop --checkpoint-activations")
+        student.bind_teachers([teacher.module for teacher in teachers])
         combiner = build_multi_teacher(cfg.distill.multi_teacher_model, AvgTeacherOptions(**cfg.distill.combiner_options),
                                        DistillOptions(**cfg.distill.options))
     module = student if student is not None else student_module
@@ -253,7 +260,11 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         eval_epoch=cfg.train.eval_epoch if cfg.stage == "finetune" else 0,
         forward_repeat_num=cfg.train.forward_repeat_num, ignore_first_backward_gard=cfg.train.ignore_first_backward_gard,
         custom_first_eval=cfg.train.custom_first_eval, custom_tmp_result=cfg.train.custom_tmp_result,
-        no_save=cfg.train.custom_no_save_checkpoint, seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss)
+        no_save=cfg.train.custom_no_save_checkpoint, seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss,
+        random_data=RandomDataOptions.from_flags(cfg.flags.get("distill_random_data") or "",
+                                                 cfg.flags.get("distill_random_data_n", "0"),
+                                                 cfg.flags.get("distill_random_data_method", "shuffle"),
+                                                 tokenizer.num_tokens) if cfg.distill.enabled else None)
     client_extras = {"run_config": run_record, "model_config": glm_config.to_dict()}
     trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import mpu
 from distill.distill_model import StepInfo
+from distill.random_data import RandomDataOptions, disturb_batch
 from model.checkpoint import atomic_write_bytes
 
 from .checkpointing import save_checkpoint, load_checkpoint
@@ -59,6 +60,7 @@ class LoopSettings:
     seed: int = 1234
     mt_has_loss: bool = False
     save_rng: bool = True
+    random_data: Optional[RandomDataOptions] = None
 
 
 class Trainer:
@@ -87,6 +89,11 @@ class Trainer:
     # ------------------------------------------------------------------ one micro-step
     def forward_pass(self, batch, step: StepInfo):
         """(loss, {term: value}) of one pass of the student (and teachers) over `batch`."""
+        random_data = self.settings.random_data
+        if random_data is not None and step.training and random_data.applies(step.repeat_index):
+            generator = torch.Generator().manual_seed(self.settings.seed * 7919 + step.iteration * 131
+                                                      + step.repeat_index)
+            batch = disturb_batch(batch, random_data, generator)
         inputs = self.stage.model_inputs(batch)
         if self.student is None:
             output = self.engine(*inputs)
