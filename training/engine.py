@@ -52,7 +52,7 @@ def init_distributed(backend_flag: str, use_deepspeed: bool, model_parallel_size
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size == 1:
+    if world_size == 1 and use_deepspeed:   # DeepSpeed needs a process group even for one process
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
@@ -63,8 +63,10 @@ def init_distributed(backend_flag: str, use_deepspeed: bool, model_parallel_size
         device, backend = torch.device("cpu"), "gloo"
         if backend_flag != "gloo" and rank == 0:
             print(f"note: --distributed-backend={backend_flag} needs GPUs; using gloo on this CPU machine")
-    if model_parallel_size < 1 or world_size % model_parallel_size != 0:
+    if model_parallel_size < 1 or world_size % model_parallel_size != 0 or (world_size == 1 and model_parallel_size > 1):
         raise ValueError(f"--model-parallel-size={model_parallel_size} does not divide the world size {world_size}")
+    if world_size == 1 and not use_deepspeed:
+        return DistEnv(rank, world_size, local_rank, device, backend)   # one process: no group needed
     if not dist.is_initialized():
         if use_deepspeed:
             import deepspeed

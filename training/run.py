@@ -187,22 +187,9 @@ def save_weights_fn(ctx: RunContext, module: torch.nn.Module, model_config: Dict
     return save
 
 
-# --------------------------------------------------------------------------- the run
-def run(cfg: RunConfig) -> Dict[str, Any]:
-    env = engines.init_distributed(cfg.distributed.distributed_backend, cfg.distributed.deepspeed,
-                                   cfg.distributed.model_parallel_size)
-    ctx = RunContext(cfg, env)
-    _protect_existing_run(cfg, ctx.save_dir)
-    engines.set_random_seed(cfg.train.seed)
-    tokenizer = build_run_tokenizer(cfg)
-    vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
-                                    mpu.get_model_parallel_world_size())
-    _log(tokenizer.describe(cfg.model.make_vocab_size_divisible_by, mpu.get_model_parallel_world_size()))
-    if cfg.stage == "pretrain":
-        stage, train_data, valid = build_pretrain(cfg, tokenizer, env)
-    else:
-        stage, train_data, valid = build_finetune(cfg, tokenizer, env)
-    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations)
+def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env):
+    """Teachers, the student's module (its head over a GLM), its weights, and the method
+    wrapper and combiner: (student_module, student or None, combiner or None, teachers)."""
     teachers = build_teachers(cfg, stage, vocab_size, env)
     engines.set_random_seed(cfg.train.seed)   # the student's init does not depend on the teachers
     student_module = stage.head(GLMModel(glm_config))
@@ -225,6 +212,26 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         student.bind_teachers([teacher.module for teacher in teachers])
         combiner = build_multi_teacher(cfg.distill.multi_teacher_model, AvgTeacherOptions(**cfg.distill.combiner_options),
                                        DistillOptions(**cfg.distill.options))
+    return student_module, student, combiner, teachers
+
+
+# --------------------------------------------------------------------------- the run
+def run(cfg: RunConfig) -> Dict[str, Any]:
+    env = engines.init_distributed(cfg.distributed.distributed_backend, cfg.distributed.deepspeed,
+                                   cfg.distributed.model_parallel_size)
+    ctx = RunContext(cfg, env)
+    _protect_existing_run(cfg, ctx.save_dir)
+    engines.set_random_seed(cfg.train.seed)
+    tokenizer = build_run_tokenizer(cfg)
+    vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
+                                    mpu.get_model_parallel_world_size())
+    _log(tokenizer.describe(cfg.model.make_vocab_size_divisible_by, mpu.get_model_parallel_world_size()))
+    if cfg.stage == "pretrain":
+        stage, train_data, valid = build_pretrain(cfg, tokenizer, env)
+    else:
+        stage, train_data, valid = build_finetune(cfg, tokenizer, env)
+    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations)
+    student_module, student, combiner, teachers = build_models(cfg, stage, glm_config, vocab_size, env)
     module = student if student is not None else student_module
     engine, optimizer, values, ds_config = build_engine(cfg, module, env, find_unused=student is not None,
                                                         save_dir=ctx.save_dir)

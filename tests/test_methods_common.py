@@ -1,0 +1,164 @@
+"""Every method, every recipe stage of the seeds' README (tests/recipes_*.py), at tiny sizes:
+a short run decreases the loss, the teachers do not move, auxiliary layers get gradients,
+fully padded rows give no NaN, the student's checkpoint saves, reshards (change_mp) and
+reloads exactly, and the recipe runs end to end through pretrain.py / finetune.py."""
+import copy
+
+import pytest
+import torch
+
+import mpu
+from change_mp import merge, split
+from cli_fixtures import run_script, write_corpus, write_rte, write_vocab
+from method_recipes import all_recipes
+from model.checkpoint import model_states
+from tasks import Task, TaskConfig
+from tasks.collate import collate
+from training.arguments import parse_run_config
+from training.engine import DistEnv, TorchTrainEngine, build_optimizer
+from training.metrics_log import MetricsLogger
+from training.run import build_models, build_run_tokenizer
+from training.stages import FinetuneStage, PretrainStage
+from training.trainer import LoopSettings, Trainer
+from training_fixtures import ConstantLR
+
+CASES = [pytest.param(name, recipe, id=f"{name}-{index}-{recipe.stage}")
+         for name, recipes in sorted(all_recipes().items()) for index, recipe in enumerate(recipes)]
+ENV = DistEnv(0, 1, 0, torch.device("cpu"), "gloo")
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("methods")
+    return {"vocab": write_vocab(folder), "corpus": write_corpus(folder), "rte": write_rte(folder), "folder": folder}
+
+
+def _arch(prefix_dash, sizes):
+    layers, hidden, heads = sizes
+    if prefix_dash:
+        return [f"--num-layers={layers}", f"--hidden-size={hidden}", f"--num-attention-heads={heads}",
+                "--max-position-embeddings=64"]
+    return [f"--teacher_num_layers={layers}", f"--teacher_hidden_size={hidden}",
+            f"--teacher_num_attention_heads={heads}", "--teacher_max_position_embeddings=64"]
+
+
+def _argv(recipe, material):
+    argv = [f"--tokenizer-path={material['vocab']}", "--make-vocab-size-divisible-by=16", "--seq-length=32",
+            "--hidden-dropout=0", "--attention-dropout=0", "--seed=3", *_arch(True, recipe.student),
+            *_arch(False, recipe.teacher), "--teacher_random_para", *recipe.flags, *recipe.extra,
+            *recipe.teacher_extra]
+    if recipe.stage == "finetune":
+        argv += ["--task=RTE", f"--data-dir={material['rte']}", "--cloze-eval"]
+    return argv
+
+
+def _build(recipe, material):
+    config = parse_run_config(_argv(recipe, material), recipe.stage, "test")
+    tokenizer = build_run_tokenizer(config)
+    vocab = mpu.pad_vocab_size(tokenizer.num_tokens, 16)
+    if recipe.stage == "pretrain":
+        stage = PretrainStage()
+        gen = torch.Generator().manual_seed(0)
+        text = torch.randint(5, tokenizer.num_tokens, (4, 20), generator=gen)
+        position = torch.zeros(4, 2, 20, dtype=torch.long)
+        position[:, 0, :12] = torch.arange(12)
+        position[:, 0, 12:] = 11
+        position[:, 1, 12:] = torch.arange(1, 9)
+        batch = {"text": text, "position_id": position, "attention_mask": torch.full((4,), 12),
+                 "target": torch.randint(5, tokenizer.num_tokens, (4, 20), generator=gen),
+                 "loss_mask": (torch.arange(20) >= 12).float().expand(4, 20).clone()}
+    else:
+        task = Task(TaskConfig("RTE", str(material["rte"]), max_seq_length=32), tokenizer)
+        stage = FinetuneStage(task, hidden_size=config.arch.hidden_size)
+        batch = collate([task.dataset("train")[i] for i in range(4)])
+    glm_config = config.arch.glm_config(vocab, config.model)
+    student_module, student, combiner, teachers = build_models(config, stage, glm_config, vocab, ENV)
+    return config, stage, batch, student, combiner, teachers
+
+
+def _trainer(config, stage, batch, student, combiner, teachers, steps):
+    class SameBatch:
+        def __next__(self):
+            return batch
+
+        def state_dict(self):
+            return {}
+
+    engine = TorchTrainEngine(student, build_optimizer(student, 3e-3, 0.0, (0.9, 0.999), 1e-8), ENV, 1, 1.0)
+    settings = LoopSettings(total_iters=steps, gradient_accumulation_steps=1, log_interval=0, save_dir=None,
+                            forward_repeat_num=config.train.forward_repeat_num,
+                            ignore_first_backward_gard=config.train.ignore_first_backward_gard,
+                            mt_has_loss=config.distill.mt_has_loss, seed=3)
+    return Trainer(engine=engine, stage=stage, data=SameBatch(), lr_scheduler=ConstantLR(3e-3), settings=settings,
+                   logger=MetricsLogger(None, steps, enabled=False), student=student, combiner=combiner,
+                   teachers=teachers)
+
+
+def _auxiliary(student):
+    return {name: p for name, p in student.named_parameters() if not name.startswith("model.") and p.requires_grad}
+
+
+@pytest.mark.parametrize("name,recipe", CASES)
+def test_a_short_run_decreases_the_loss_and_keeps_the_teacher(name, recipe, material):
+    config, stage, batch, student, combiner, teachers = _build(recipe, material)
+    teacher_before = [copy.deepcopy(t.module.state_dict()) for t in teachers]
+    trainer = _trainer(config, stage, batch, student, combiner, teachers, steps=8)
+    loss, _ = trainer.forward_pass(batch, trainer._step_info(0))
+    loss.backward()
+    for aux_name, param in _auxiliary(student).items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{aux_name} gets no gradient"
+    student.zero_grad(set_to_none=True)
+    losses = [float(trainer.micro_step(batch)["loss"]) for _ in range(8)]
+    assert losses[-1] < losses[0], f"{name}: loss did not decrease: {losses}"
+    for before, teacher in zip(teacher_before, teachers):
+        for key, value in teacher.module.state_dict().items():
+            assert torch.equal(value, before[key]), f"teacher parameter {key} moved"
+
+
+@pytest.mark.parametrize("name,recipe", CASES)
+def test_fully_padded_rows_give_no_nan(name, recipe, material):
+    config, stage, batch, student, combiner, teachers = _build(recipe, material)
+    batch = dict(batch)
+    if recipe.stage == "pretrain":
+        batch["loss_mask"] = batch["loss_mask"].clone()
+        batch["loss_mask"][1] = 0
+        batch["position_id"] = batch["position_id"].clone()
+        batch["position_id"][1] = 0
+    else:
+        batch["position"] = batch["position"].clone()
+        batch["position"][1] = 0
+    trainer = _trainer(config, stage, batch, student, combiner, teachers, steps=1)
+    loss, metrics = trainer.forward_pass(batch, trainer._step_info(0))
+    assert torch.isfinite(loss), metrics
+    loss.backward()
+    for param_name, param in student.named_parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), f"{param_name} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name,recipe", CASES)
+def test_checkpoint_saves_reshards_and_reloads(name, recipe, material):
+    config, stage, batch, student, combiner, teachers = _build(recipe, material)
+    states = model_states(student, 1)
+    if not config.arch.num_attention_heads % 2:
+        shards = split(states, 2)
+        merged = merge(shards)
+        for key, value in states["module"].items():
+            assert torch.equal(merged["module"][key], value), key
+    _, _, _, again, _, _ = _build(recipe, material)
+    again.load_state_dict(states["module"])   # strict: every auxiliary tensor has a home
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, states["module"][key]), key
+    assert again.method_state().keys() == student.method_state().keys()
+
+
+@pytest.mark.parametrize("name,recipe", CASES)
+def test_recipe_runs_end_to_end(name, recipe, material, tmp_path):
+    argv = [*_argv(recipe, material), f"--save={tmp_path}", "--experiment-name=run", "--batch-size=4",
+            "--log-interval=1", "--custom_no_summary_writer"]
+    if recipe.stage == "pretrain":
+        argv += [f"--train-data={material['corpus']}", "--train-iters=3", "--split=90,10,0", "--bert-prob=1.0",
+                 "--eval-interval=3", "--eval-iters=1"]
+    else:
+        argv += ["--epochs=1", "--train-iters=3"]
+    done = run_script("pretrain.py" if recipe.stage == "pretrain" else "finetune.py", argv)
+    assert done.returncode == 0, done.stderr[-3000:]
