@@ -180,6 +180,16 @@ class GLMStudent(nn.Module):
         self.register_load_state_dict_pre_hook(GLMStudent._rename_loading)
         self.register_load_state_dict_post_hook(GLMStudent._rename_incompatible)
 
+    @classmethod
+    def options_from_flags(cls, values: Mapping[str, object]):
+        """The typed options: `options_class` built from the flag values naming its fields
+        (others ignored); None for a method without options. A method composed of others
+        (MixBaseline) overrides this to keep its components' flags."""
+        if cls.options_class is None:
+            return None
+        names = {field.name for field in fields(cls.options_class)}
+        return cls.options_class(**{k: v for k, v in values.items() if k in names})
+
     def bind_teachers(self, modules: Sequence[nn.Module]) -> None:
         """Give methods that run teacher layers inside the student (Theseus) the frozen teacher
         modules; they are held outside the module tree (not saved, not in the optimizer)."""
@@ -232,6 +242,7 @@ class GLMStudent(nn.Module):
         """
         options, finetune = self.options, batch.finetune
         soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate
+        soft_on = soft_on and t_logits is not None   # a disabled teacher has no logits: hard term only
         hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate
         total = zero_loss(s_logits, (s_logits.size(0),) if keep_batch else ())
         metrics: Metrics = {}
@@ -306,11 +317,8 @@ register_student(GLMStudent)
 
 
 def method_options_for(cls: Type[GLMStudent], values: Optional[Mapping[str, object]]):
-    """`cls.options_class` built from the flag values that name its fields (others ignored)."""
-    if cls.options_class is None:
-        return None
-    names = {field.name for field in fields(cls.options_class)}
-    return cls.options_class(**{k: v for k, v in (values or {}).items() if k in names})
+    """`cls`'s typed options from {flag name: value} (`GLMStudent.options_from_flags`)."""
+    return cls.options_from_flags(values or {})
 
 
 def build_student(name: str, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),

@@ -71,10 +71,14 @@ class AvgTeacher(nn.Module):
         terms, metrics = [], {}
         suffix = (lambda i: f"_t{i}") if len(t_outs) > 1 else (lambda i: "")
         for t_no, (t_out, alive) in enumerate(zip(t_outs, self.survivors(len(t_outs), generator))):
-            if t_out is None or not alive:
+            if not alive:
                 continue
-            pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_loss, batch, t_no=t_no)
-            inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no)
+            if t_out is None:   # disabled (--mt_disable_operation, e.g. Theseus): only the hard term
+                pre, pre_metrics = student.pre_loss(s_out.logits, None, s_hard_loss, batch, t_no=t_no)
+                inter, inter_metrics = zero_loss(s_out.logits), {}
+            else:
+                pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_loss, batch, t_no=t_no)
+                inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no)
             terms.append(pre + inter)
             for name, value in {**pre_metrics, **inter_metrics, "kd/teacher": terms[-1].detach()}.items():
                 metrics[name + suffix(t_no)] = value

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps (the test suite's reduced version)")
     args = parser.parse_args(argv)
     output = Path(args.output)
-    teacher_iters, student_iters = (250, 120) if args.quick else (600, 300)
+    teacher_iters, student_iters = (250, 120) if args.quick else (600, 200)
     corpus, vocab = write_material(output / "data", num_documents=2000)
     common = [f"--tokenizer-path={vocab}", f"--train-data={corpus}", "--split=95,5,0", "--seq-length=32",
               "--batch-size=16", "--bert-prob=1.0", "--lr-decay-style=cosine", "--warmup=0.05", "--seed=1234",

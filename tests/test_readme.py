@@ -126,7 +126,7 @@ def test_the_original_recipes_listed_parse():
     two_teachers = ["--mt_num_attention_heads=12:16", "--mt_hidden_size=768:1024", "--mt_num_layers=12:24",
                     "--mt_load_pretrained=/a:/b"]
     lines = [line for line in block.splitlines() if ":" in line]
-    assert len(lines) == 8
+    assert len(lines) == 12
     for line in lines:
         name, rest = line.split(maxsplit=1)
         stage, flags = rest.split(":", 1)

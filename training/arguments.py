@@ -184,7 +184,8 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
                      if group in (student,) or (student == "mixbaseline" and group in STUDENT_METHOD_GROUPS)}
     values.used.update(method_values)
     values.used.update({"student_model", "multi_teacher_model", "student_truncate_tn", "mt_has_loss", "mt_has_grad",
-                        "distill_random_data", "distill_random_data_n", "distill_random_data_method"})
+                        "distill_random_data", "distill_random_data_n", "distill_random_data_method",
+                        "distil_analysis_inter", "distil_analysis_frcn"})
     if values.get("distill_random_data") and student is None:
         raise ConfigError("--distill_random_data disturbs distillation inputs: it needs --student_model")
     distill = DistillConfig(student_model=student, multi_teacher_model=combiner,

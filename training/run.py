@@ -18,6 +18,7 @@ from data_utils.corpora import CorpusConfig, build_corpus
 from data_utils.samples import split_iterators
 from data_utils.tokenization import build_tokenizer, packaged_vocab_path
 from distill.distill_model import DistillOptions, TeacherInfo, build_student
+from distill.analysis import AnalysisOptions
 from distill.random_data import RandomDataOptions
 from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
 from model import GLMModel
@@ -271,7 +272,9 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         random_data=RandomDataOptions.from_flags(cfg.flags.get("distill_random_data") or "",
                                                  cfg.flags.get("distill_random_data_n", "0"),
                                                  cfg.flags.get("distill_random_data_method", "shuffle"),
-                                                 tokenizer.num_tokens) if cfg.distill.enabled else None)
+                                                 tokenizer.num_tokens) if cfg.distill.enabled else None,
+        analysis=AnalysisOptions(bool(cfg.flags.get("distil_analysis_inter")), cfg.flags.get("distil_analysis_frcn", "0"))
+        if cfg.distill.enabled and cfg.flags.get("distil_analysis_inter") else None)
     client_extras = {"run_config": run_record, "model_config": glm_config.to_dict()}
     trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import mpu
 from distill.distill_model import StepInfo
+from distill.analysis import AnalysisOptions, analysis_metrics, analysis_taps
 from distill.random_data import RandomDataOptions, disturb_batch
 from model.checkpoint import atomic_write_bytes
 
@@ -61,6 +62,7 @@ class LoopSettings:
     mt_has_loss: bool = False
     save_rng: bool = True
     random_data: Optional[RandomDataOptions] = None
+    analysis: Optional[AnalysisOptions] = None   # --distil_analysis_inter: measured on steps that log
 
 
 class Trainer:
@@ -81,6 +83,7 @@ class Trainer:
         self.client_extras = dict(client_extras or {})
         self.state = TrainState()
         self._sums: Dict[str, float] = {}
+        self._counts: Dict[str, int] = {}
         self._count = 0
         self._tokens = 0
         self._last_log_time = time.perf_counter()
@@ -99,7 +102,10 @@ class Trainer:
             output = self.engine(*inputs)
             loss, _ = self.stage.hard_loss(output, batch)
             return loss, {"loss": loss.detach(), "hard": loss.detach()}
-        output = self.engine(*inputs, taps=self.student.student_taps(step),
+        analysed = self._analysed(step)
+        extra_student, extra_teachers = (analysis_taps(self.student, step, self.settings.analysis) if analysed
+                                         else ([], [[] for _ in self.teachers]))
+        output = self.engine(*inputs, taps=_union(self.student.student_taps(step), extra_student),
                              interventions=self.student.student_interventions(step))
         hard, hard_per_sample = self.stage.hard_loss(output, batch)
         teacher_outputs, teacher_hard = [], []
@@ -108,7 +114,7 @@ class Trainer:
                 teacher_outputs.append(None)
                 teacher_hard.append(None)
                 continue
-            t_out = teacher(*inputs, taps=self.student.teacher_taps(t_no, step),
+            t_out = teacher(*inputs, taps=_union(self.student.teacher_taps(t_no, step), extra_teachers[t_no]),
                             interventions=self.student.teacher_interventions(t_no, step))
             teacher_outputs.append(t_out)
             teacher_hard.append(self.stage.hard_loss(t_out, batch) if self.settings.mt_has_loss else None)
@@ -119,7 +125,17 @@ class Trainer:
                                               t_hard_losses=teacher_hard, generator=generator)
         metrics = {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
         metrics.update(loss=loss.detach(), hard=hard.detach())
+        if analysed:
+            for t_no, t_out in enumerate(teacher_outputs):
+                if t_out is not None:
+                    metrics.update(analysis_metrics(self.student, step, output, t_out, self.settings.analysis, t_no))
         return loss, metrics
+
+    def _analysed(self, step: StepInfo) -> bool:
+        """Analysis runs on the passes it names, in the micro-steps of an optimizer step that logs."""
+        options, interval = self.settings.analysis, self.settings.log_interval
+        return (options is not None and step.training and options.active(step) and interval > 0
+                and (step.iteration + 1) % interval == 0)
 
     def _step_info(self, repeat_index: int = 0, training: bool = True) -> StepInfo:
         return StepInfo(iteration=self.state.iteration, epoch=self.state.epoch, repeat_index=repeat_index,
@@ -145,8 +161,9 @@ class Trainer:
             self.engine.backward(loss)
         stepped = self.engine.step()
         self._tokens += self.stage.num_tokens(batch)
-        for name, value in metrics.items():
+        for name, value in metrics.items():   # per-name counts: some terms come only on some steps
             self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            self._counts[name] = self._counts.get(name, 0) + 1
         self._count += 1
         if stepped:
             self.lr_scheduler.step()
@@ -204,12 +221,12 @@ class Trainer:
         if not self._count:
             return
         names = sorted(self._sums)
-        values = torch.tensor([self._sums[n] for n in names] + [float(self._count), float(self._tokens)],
-                              dtype=torch.float64)
+        values = torch.tensor([self._sums[n] for n in names] + [float(self._counts[n]) for n in names]
+                              + [float(self._tokens)], dtype=torch.float64)
         if dist.is_initialized() and mpu.get_data_parallel_world_size() > 1:
             dist.all_reduce(values, group=mpu.get_data_parallel_group())
-        count, tokens = values[-2].item(), values[-1].item()
-        record = {name: values[i].item() / count for i, name in enumerate(names)}
+        tokens, counts = values[-1].item(), values[len(names):2 * len(names)]
+        record = {name: values[i].item() / counts[i].item() for i, name in enumerate(names)}
         self._last_loss = record.get("loss", self._last_loss)
         elapsed = time.perf_counter() - self._last_log_time
         record.update(lr=self.lr_scheduler.get_lr(), tokens_per_second=tokens / max(elapsed, 1e-9),
@@ -218,7 +235,7 @@ class Trainer:
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         self.logger.log(self.state.iteration, record)
-        self._sums, self._count, self._tokens = {}, 0, 0
+        self._sums, self._counts, self._count, self._tokens = {}, {}, 0, 0
         self._last_log_time = time.perf_counter()
 
     # ------------------------------------------------------------------ evaluation
@@ -283,6 +300,10 @@ class Trainer:
         if load_rng and "rng" in client:
             set_rng_state(client["rng"])
         self.logger.write_line(f"resumed from {load_dir} at iteration {self.state.iteration}")
+
+
+def _union(*names_lists) -> list:
+    return list(dict.fromkeys(name for names in names_lists for name in names))
 
 
 def _is_rank0() -> bool:

@@ -1,0 +1,367 @@
+"""Logits-only methods (Annealing-KD, Continuation-KD) and MixBaseline, the mixture of methods.
+
+Annealing-KD and Continuation-KD change only the prediction-layer loss (spec 4.1), whose
+teacher weight and hard-loss weight follow the training progress. `pre_loss` receives no
+StepInfo, so both record the step the trainer passes to `student_taps` (called once per
+forward pass, before the losses of that pass); before any call they behave as at step 0.
+"""
+import math
+import warnings
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from model import ModelOutput
+
+from .distill_model import (STUDENT_MODELS, DistillBatch, DistillOptions, GLMStudent, Metrics, StepInfo,
+                            TeacherInfo, method_options_for, register_student)
+from .losses import zero_loss
+from .losses_logits import annealing_phi, continuation_loss, continuation_psi
+
+
+def _uses_soft_mse(options: DistillOptions) -> bool:
+    return (options.distill_ft_soft and options.distill_ft_soft_mse) or (
+        options.distill_pt_soft and options.distill_pt_soft_mse)
+
+
+# --------------------------------------------------------------------------- Annealing-KD
+@dataclass(frozen=True)
+class AnnealingKDOptions:
+    """annealing_kd_max_t: T_max, the number of annealing segments (phi starts at 1/T_max)."""
+    annealing_kd_max_t: float = 7.0
+
+    def __post_init__(self):
+        annealing_phi(0, 1, self.annealing_kd_max_t)   # validates max_t
+
+
+@register_student
+class AnnealingKD(GLMStudent):
+    """Annealing-KD (Jafari et al. 2021, "Annealing Knowledge Distillation", EACL).
+
+    The soft MSE is taken against an annealed teacher: pre_loss(mse_t_w = phi), i.e.
+    MSE(z_s, phi * z_t) with --distill_ft_soft --distill_ft_soft_mse, where phi rises from
+    1/T_max to 1 over training (`annealing_phi`). No taps, no inter loss. The CE/KL soft
+    variants ignore phi (as in the original), hence a warning without an MSE soft term.
+
+    Differences from the original: the fine-tuning MSE applies the loss mask (the base's fix
+    of the `maks=` typo, spec 11.4; changes numbers only for token-level fine-tuning tasks,
+    not for cloze task logits, which have no mask); phi is exact at segment boundaries
+    (see `annealing_phi`; changes phi by one segment at a few iterations).
+    """
+    name = "annealing_kd"
+    options_class = AnnealingKDOptions
+
+    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
+                 method_options: Optional[AnnealingKDOptions] = None):
+        super().__init__(model, options, teachers, method_options)
+        self._step = StepInfo()
+        if not _uses_soft_mse(options):
+            warnings.warn("annealing_kd anneals only the MSE soft loss: without --distill_ft_soft "
+                          "--distill_ft_soft_mse (or the pt pair) it is plain KD", stacklevel=2)
+
+    def student_taps(self, step: StepInfo) -> List[str]:
+        self._step = step
+        return []
+
+    def phi(self) -> float:
+        return annealing_phi(self._step.iteration, self._step.train_iters, self.method_options.annealing_kd_max_t)
+
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
+                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+        phi = self.phi()
+        loss, metrics = super().pre_loss(s_logits, t_logits, hard_loss, batch, t_no, keep_batch, mse_t_w * phi)
+        metrics["annealing/phi"] = torch.tensor(phi)
+        return loss, metrics
+
+
+# --------------------------------------------------------------------------- Continuation-KD
+@dataclass(frozen=True)
+class ContinuationKDOptions:
+    """max_t: T_max of phi (as Annealing-KD); margin: the soft-loss hinge margin * phi;
+    psi_sep: fraction of training after which psi = 1; psi_denominator: psi = it /
+    (psi_denominator * T_total) before that."""
+    continuation_kd_max_t: float = 10.0
+    continuation_kd_margin: float = 1.0
+    continuation_kd_psi_sep: float = 0.666
+    continuation_kd_psi_denominator: float = 1.333
+
+    def __post_init__(self):
+        annealing_phi(0, 1, self.continuation_kd_max_t)
+        continuation_psi(0, 1, self.continuation_kd_psi_sep, self.continuation_kd_psi_denominator)
+        for name in ("continuation_kd_margin", "continuation_kd_psi_sep"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+
+
+@register_student
+class ContinuationKD(GLMStudent):
+    """Continuation-KD (Jafari et al. 2022, "Continuation KD: Improved Knowledge Distillation
+    through the Lens of Continuation Optimization", Findings of EMNLP).
+
+    pre_loss = mean_b(psi * hard + (1 - psi) * soft_b * [soft_b > margin * phi]) with
+    soft_b = r_soft * MSE(z_s, phi * z_t) per sample (--distill_ft_soft --distill_ft_soft_mse;
+    the other soft variants ignore phi), hard = r_hard * L_hard (--distill_ft_hard), phi as in
+    Annealing-KD and psi from `continuation_psi` (`continuation_loss`). A disabled term is 0.
+    No taps, no inter loss. With keep_batch the [B] vector before the mean.
+
+    Differences from the original: the fine-tuning MSE applies the loss mask (spec 11.4; only
+    token-level fine-tuning tasks change); phi is exact at segment boundaries; psi is capped
+    at 1 (it only exceeds 1 when psi_denominator < psi_sep, a configuration the original
+    would turn into a negative soft weight).
+    """
+    name = "continuation_kd"
+    options_class = ContinuationKDOptions
+
+    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
+                 method_options: Optional[ContinuationKDOptions] = None):
+        super().__init__(model, options, teachers, method_options)
+        self._step = StepInfo()
+
+    def student_taps(self, step: StepInfo) -> List[str]:
+        self._step = step
+        return []
+
+    def schedule(self) -> Tuple[float, float]:
+        """(phi, psi) at the recorded step."""
+        opts, step = self.method_options, self._step
+        return (annealing_phi(step.iteration, step.train_iters, opts.continuation_kd_max_t),
+                continuation_psi(step.iteration, step.train_iters, opts.continuation_kd_psi_sep,
+                                 opts.continuation_kd_psi_denominator))
+
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
+                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+        options, finetune = self.options, batch.finetune
+        phi, psi = self.schedule()
+        soft = zero_loss(s_logits, (s_logits.size(0),))                                   # [B]
+        hard = zero_loss(s_logits, ())
+        if (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate:
+            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, True, mse_t_w * phi)
+        if (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate:
+            hard = options.distill_hard_rate * hard_loss.float()
+        per_sample = continuation_loss(soft, hard, psi=psi, phi=phi,
+                                       margin=self.method_options.continuation_kd_margin)   # [B]
+        kept = (soft.detach() > self.method_options.continuation_kd_margin * phi).float().mean()
+        metrics = {"kd/soft": soft.detach().mean(), "kd/hard": hard.detach().mean(), "continuation/phi":
+                   torch.tensor(phi), "continuation/psi": torch.tensor(psi), "continuation/kept": kept}
+        return (per_sample if keep_batch else per_sample.mean()), metrics
+
+
+# --------------------------------------------------------------------------- MixBaseline
+# Base-class terms a component must not add again (the wrapper adds them once); only those
+# DistillOptions actually has are switched off in the components.
+_ONCE_ONLY_OPTIONS = ("distill_logits_parallel",)
+
+
+@dataclass(frozen=True)
+class MixBaselineOptions:
+    """MixBaseline's own flags. The *_bl flags are comma lists of component methods, by
+    registry name or by the original's class name (case-insensitive: TinyBERT, MiniLMv2,
+    MiniLM, DistilBERT, KD, ...). `mixbaseline_{name}_t` is component `name`'s temperature
+    (only TinyBERT has one). `component_flags` keeps the run's flags, from which each
+    component builds its own typed options (e.g. --minilmv2_relation_heads)."""
+    mixbaseline_wo_inter: bool = False
+    mixbaseline_tinybert_t: float = 1.0
+    mixbaseline_inter_bl: str = ""
+    mixbaseline_pre_bl_pt_soft: str = ""
+    mixbaseline_pre_bl_ft_soft: str = ""
+    mixbaseline_inter_checkpoint: bool = False
+    # Every flag of the run, from which each component builds its own typed options.
+    component_flags: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        t = self.mixbaseline_tinybert_t
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"mixbaseline_tinybert_t must be a positive finite number, got {t}")
+
+    @staticmethod
+    def split(names: str) -> Tuple[str, ...]:
+        return tuple(name.strip() for name in names.split(",") if name.strip())
+
+    def temperature(self, component: str) -> Optional[float]:
+        return getattr(self, f"mixbaseline_{component}_t", None)
+
+
+def resolve_component(name: str) -> Tuple[str, type]:
+    """(registry name, class) of a component named by registry or class name; no eval."""
+    key = name.strip().lower()
+    matches = [(n, cls) for n, cls in STUDENT_MODELS.items() if key in (n.lower(), cls.__name__.lower())]
+    if not matches:
+        raise KeyError(f"unknown MixBaseline component {name!r}; valid: {', '.join(sorted(STUDENT_MODELS))}")
+    registry_name, cls = matches[0]
+    if issubclass(cls, MixBaseline):
+        raise ValueError("MixBaseline cannot contain itself")
+    return registry_name, cls
+
+
+def _detach_shared_model(component: GLMStudent, model: nn.Module) -> None:
+    """Keep `component.model` usable but out of the component's module tree: the wrapper owns
+    the model, so its parameters and state-dict entries exist once."""
+    delattr(component, "model")                       # unregisters the submodule
+    object.__setattr__(component, "model", model)     # a plain attribute, outside the module tree
+    shared = {id(p) for p in model.parameters()}
+    if any(id(p) in shared for p in component.parameters()):
+        raise ValueError(f"component {component.name!r} registers the student model under another name")
+
+
+def _union(lists: Sequence[Sequence[str]]) -> List[str]:
+    return list(dict.fromkeys(name for names in lists for name in names))
+
+
+def _merge(dicts: Sequence[Tuple[str, Dict[str, Callable]]]) -> Dict[str, Callable]:
+    merged: Dict[str, Callable] = {}
+    owners: Dict[str, str] = {}
+    for component, interventions in dicts:
+        for name, fn in interventions.items():
+            if name in merged:
+                raise ValueError(f"MixBaseline components {owners[name]!r} and {component!r} both intervene on "
+                                 f"{name!r}; they cannot be combined")
+            merged[name], owners[name] = fn, component
+    return merged
+
+
+@register_student
+class MixBaseline(GLMStudent):
+    """MixBaseline (GKD, Tan et al. 2023, "GKD: A General Knowledge Distillation Framework for
+    Large-scale Pre-trained Language Model", ACL Industry): several methods at once.
+
+    Components are instances of the registered methods named in --mixbaseline_inter_bl,
+    --mixbaseline_pre_bl_pt_soft and --mixbaseline_pre_bl_ft_soft (one instance per method,
+    sharing this student's model, which is saved once as usual; a component's auxiliary
+    layer K is saved as "student.components.<name>.student.K", the component's own renaming
+    nested in this one's). Each gets this run's DistillOptions with its own temperature where
+    `mixbaseline_<name>_t` exists, and its own typed options from the flags.
+
+    * taps / interventions: the union over all components (none with
+      --mixbaseline_wo_inter; the components are still asked every step, so their schedules
+      advance); two components intervening on the same name raise.
+    * inter_loss: the base term once + sum of the inter_bl components' inter losses (each
+      optionally under activation checkpointing, --mixbaseline_inter_checkpoint).
+    * pre_loss: fine-tuning: the base KD pre-loss + each pre_bl_ft_soft component's;
+      pretraining: only the pre_bl_pt_soft components'. The hard loss goes to the last of
+      these terms only (the others get a zero hard loss), so it counts once.
+    * forward: a component's own forward if exactly one overrides it.
+    * method_state: {component name: its state}.
+    Metrics of component `c` are prefixed "c/".
+    """
+    name = "mixbaseline"
+    options_class = MixBaselineOptions
+
+    @classmethod
+    def options_from_flags(cls, values: Mapping[str, object]) -> MixBaselineOptions:
+        own = {f.name for f in fields(MixBaselineOptions)} - {"component_flags"}
+        return MixBaselineOptions(**{k: v for k, v in values.items() if k in own}, component_flags=dict(values))
+
+    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
+                 method_options: Optional[MixBaselineOptions] = None):
+        super().__init__(model, options, teachers, method_options)
+        opts = self.method_options
+        lists = {which: [resolve_component(n)[0] for n in opts.split(getattr(opts, f"mixbaseline_{which}"))]
+                 for which in ("inter_bl", "pre_bl_pt_soft", "pre_bl_ft_soft")}
+        self.inter_names = tuple(dict.fromkeys(lists["inter_bl"]))
+        self.pre_names = {"pretrain": tuple(lists["pre_bl_pt_soft"]), "finetune": tuple(lists["pre_bl_ft_soft"])}
+        if not any(lists.values()):
+            warnings.warn("mixbaseline without components (--mixbaseline_inter_bl/--mixbaseline_pre_bl_*) is KD",
+                          stacklevel=2)
+        self.components = nn.ModuleDict()
+        values = dict(opts.component_flags)
+        for name in dict.fromkeys(n for names in lists.values() for n in names):
+            self.components[name] = self._build_component(name, model, values)
+        self.supports_activation_checkpointing = all(c.supports_activation_checkpointing
+                                                     for c in self.components.values())
+        overriding = [n for n, c in self.components.items() if type(c).forward is not GLMStudent.forward]
+        if len(overriding) > 1:
+            raise ValueError(f"components {overriding} all override forward; at most one may")
+        self._forward_owner: Optional[str] = overriding[0] if overriding else None
+
+    def _build_component(self, name: str, model: nn.Module, values: dict) -> GLMStudent:
+        cls = STUDENT_MODELS[name]
+        component_options = method_options_for(cls, values)
+        overrides = {f: False for f in _ONCE_ONLY_OPTIONS if f in {x.name for x in fields(DistillOptions)}}
+        # --mixbaseline_<name>_t: MixBaseline's own flag (TinyBERT), or one a component declares
+        temperature = self.method_options.temperature(name)
+        if temperature is None:
+            temperature = getattr(component_options, f"mixbaseline_{name}_t", None)
+        if temperature is not None:
+            overrides["distill_temperature"] = temperature
+        component = cls(model, replace(self.options, **overrides), self.teachers, method_options=component_options)
+        _detach_shared_model(component, model)
+        return component
+
+    def bind_teachers(self, modules: Sequence[nn.Module]) -> None:
+        super().bind_teachers(modules)
+        for component in self.components.values():
+            component.bind_teachers(modules)
+
+    # ------------------------------------------------------------------ per-step requests
+    def _requests(self, ask: Callable[[GLMStudent], object]) -> list:
+        answers = [(name, ask(c)) for name, c in self.components.items()]   # always asked
+        return [] if self.method_options.mixbaseline_wo_inter else answers
+
+    def student_taps(self, step: StepInfo) -> List[str]:
+        return _union([taps for _, taps in self._requests(lambda c: c.student_taps(step))])
+
+    def teacher_taps(self, t_no: int, step: StepInfo) -> List[str]:
+        return _union([taps for _, taps in self._requests(lambda c: c.teacher_taps(t_no, step))])
+
+    def student_interventions(self, step: StepInfo) -> Dict[str, Callable]:
+        return _merge(self._requests(lambda c: c.student_interventions(step)))
+
+    def teacher_interventions(self, t_no: int, step: StepInfo) -> Dict[str, Callable]:
+        return _merge(self._requests(lambda c: c.teacher_interventions(t_no, step)))
+
+    def forward(self, *inputs, taps=(), interventions=None, **kwargs) -> ModelOutput:
+        if self._forward_owner is not None:
+            return self.components[self._forward_owner](*inputs, taps=taps, interventions=interventions, **kwargs)
+        return super().forward(*inputs, taps=taps, interventions=interventions, **kwargs)
+
+    # ------------------------------------------------------------------ losses
+    def inter_loss(self, s_out: ModelOutput, t_out: ModelOutput, batch: DistillBatch, step: StepInfo,
+                   t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
+        total, metrics = super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+        if self.method_options.mixbaseline_wo_inter:
+            return total, metrics
+        for name in self.inter_names:
+            component = self.components[name]
+            if self.method_options.mixbaseline_inter_checkpoint and torch.is_grad_enabled():
+                loss, terms = checkpoint(component.inter_loss, s_out, t_out, batch, step, t_no, keep_batch,
+                                         use_reentrant=False)
+            else:
+                loss, terms = component.inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+            total = total + loss
+            metrics.update({f"{name}/{tag}": value for tag, value in terms.items()})
+        return total, metrics
+
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
+                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+        terms = ((None,) if batch.finetune else ()) + self.pre_names[batch.stage]   # None: the base KD term
+        total = zero_loss(s_logits, (s_logits.size(0),) if keep_batch else ())
+        metrics: Metrics = {}
+        for index, name in enumerate(terms):
+            carries_hard = index == len(terms) - 1
+            hard = hard_loss if carries_hard else torch.zeros_like(hard_loss)
+            if name is None:
+                loss, values = super().pre_loss(s_logits, t_logits, hard, batch, t_no, keep_batch, mse_t_w)
+            else:
+                loss, values = self.components[name].pre_loss(s_logits, t_logits, hard, batch, t_no, keep_batch,
+                                                               mse_t_w)
+            if not carries_hard:
+                values.pop("kd/hard", None)
+            total = total + loss
+            metrics.update({(tag if name is None else f"{name}/{tag}"): value for tag, value in values.items()})
+        return total, metrics
+
+    # ------------------------------------------------------------------ schedule state
+    def method_state(self) -> dict:
+        states = {name: c.method_state() for name, c in self.components.items()}
+        return {name: state for name, state in states.items() if state}
+
+    def load_method_state(self, state: dict) -> None:
+        unknown = set(state) - set(self.components)
+        if unknown:
+            raise ValueError(f"method state for {sorted(unknown)}, which are not components of this MixBaseline "
+                             f"({sorted(self.components)})")
+        for name, component in self.components.items():
+            component.load_method_state(state.get(name, {}))
