@@ -7,7 +7,7 @@ student from `student`/`teacher` (layers, hidden, heads) and run the recipe's st
 """
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
