@@ -28,9 +28,9 @@ from typing import Dict, FrozenSet, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from model import GLMConfig, ModelOutput
+from model import ModelOutput, glm_config_of
 from mpu.mappings import ProcessGroup, all_reduce_no_grad, group_size
 
 from .distill_model import GLMStudent, StepInfo
@@ -123,12 +123,6 @@ def analysis_pairs(student_layers: int, teacher_layers: int) -> Tuple[Pairs, Pai
             tuple((m[l + 1] - 1, l) for l in range(teacher_layers)))
 
 
-def _glm_config(module: nn.Module) -> GLMConfig:
-    while not isinstance(getattr(module, "config", None), GLMConfig):
-        if not hasattr(module, "model"):
-            raise TypeError(f"{type(module).__name__} holds no GLMModel")
-        module = module.model
-    return module.config
 
 
 def _taps(pairs: Tuple[Pairs, Pairs], side: int, num_layers: int, logits: bool) -> List[str]:
@@ -143,7 +137,7 @@ def analysis_taps(student: GLMStudent, step: StepInfo, options: AnalysisOptions)
     lists when the analysis is off or the pass is not analysed."""
     if not options.active(step):
         return [], [[] for _ in student.teachers]
-    config = _glm_config(student.model)
+    config = glm_config_of(student.model)
     all_pairs = [analysis_pairs(config.num_layers, t.num_layers) for t in student.teachers]
     student_taps = list(dict.fromkeys(name for pairs in all_pairs
                                       for name in _taps(pairs, 0, config.num_layers, config.output_predict)))
@@ -165,7 +159,7 @@ def analysis_metrics(student: GLMStudent, step: StepInfo, s_out: ModelOutput, t_
     must carry the taps `analysis_taps` asked for."""
     if not options.active(step):
         return {}
-    config = _glm_config(student.model)
+    config = glm_config_of(student.model)
     teacher_layers = student.teachers[t_no].num_layers
     hidden, layers = analysis_pairs(config.num_layers, teacher_layers)
     prefix = "analysis_inter/" + (f"t{t_no}/" if len(student.teachers) > 1 else "")

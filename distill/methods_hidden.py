@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mpu
-from model import GLMConfig, ModelOutput
+from model import GLMConfig, ModelOutput, glm_config_of
 
 from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, TeacherInfo, register_student
 from .layer_mapping import hidden_tap, random_layers, stride_layers, uniform_layers
@@ -25,13 +25,6 @@ from .losses_hidden import (attention_kl, attention_mse, cosine_distance, hidden
 TapPairs = List[Tuple[str, str]]   # (student tap, teacher tap)
 
 
-def glm_config(module: nn.Module) -> GLMConfig:
-    """The GLMConfig of a GLMModel, or of the GLMModel inside task heads (`.model`)."""
-    while not isinstance(getattr(module, "config", None), GLMConfig):
-        if not hasattr(module, "model"):
-            raise TypeError(f"{type(module).__name__} holds no GLMModel")
-        module = module.model
-    return module.config
 
 
 def per_sample(loss: Tensor, s_out: ModelOutput, keep_batch: bool) -> Tensor:
@@ -136,7 +129,7 @@ class TinyBERT(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.student_config = glm_config(model)
+        self.student_config = glm_config_of(model)
         if not self.method_options.tinybert_wo_inter:
             for t_no, teacher in enumerate(self.teachers):
                 self.add_module(f"fit_dense_{t_no}", mpu.ColumnParallelLinear(
@@ -265,7 +258,7 @@ class MiniLMv2(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.student_config = glm_config(model)
+        self.student_config = glm_config_of(model)
 
     def teacher_layer(self, t_no: int) -> int:
         value, num_layers = self.method_options.minilmv2_teacher_layer, teacher_info(self, t_no).num_layers
@@ -319,7 +312,7 @@ class MiniLM(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.student_config = glm_config(model)
+        self.student_config = glm_config_of(model)
         check_teachers(self, self.student_config, "num_attention_heads", "the attention and value-relation KL")
 
     @staticmethod
@@ -379,7 +372,7 @@ class DistilBERT(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.student_config = glm_config(model)
+        self.student_config = glm_config_of(model)
         check_teachers(self, self.student_config, "hidden_size", "matching hidden states")
         if self.method_options.distilbert_fix_layernorm:
             config = self.student_config
@@ -458,7 +451,7 @@ class PKD(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.student_config = glm_config(model)
+        self.student_config = glm_config_of(model)
         check_teachers(self, self.student_config, "hidden_size", "matching hidden states")
 
     def tap_pairs(self, t_no: int) -> TapPairs:

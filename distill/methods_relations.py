@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import mpu
-from model import GLMConfig, ModelOutput
+from model import ModelOutput, glm_config_of
 
 from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
 from .layer_mapping import hidden_tap, random_layers, stride_layers, uniform_layers
@@ -33,13 +33,6 @@ logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- shared helpers
-def glm_config(module: nn.Module) -> GLMConfig:
-    """The GLMConfig of the GLM inside `module` (a GLMModel or a task head around one)."""
-    while not isinstance(getattr(module, "config", None), GLMConfig):
-        if not hasattr(module, "model"):
-            raise TypeError(f"{type(module).__name__} holds no GLMModel")
-        module = module.model
-    return module.config
 
 
 def non_pad_mask(position_ids: Tensor) -> Tensor:
@@ -135,7 +128,7 @@ class RailKD(GLMStudent):
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
         require_teachers(self.name, self.teachers)
-        opts, config = self.method_options, glm_config(model)
+        opts, config = self.method_options, glm_config_of(model)
         self.num_layers = config.num_layers
         self.student_indices = ([0] if opts.rail_kd_has_embed else []) + list(range(1, self.num_layers)) + (
             [self.num_layers] if opts.rail_kd_has_final else [])
@@ -251,7 +244,7 @@ class MGSKD(GLMStudent):
 
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        opts, config = self.method_options, glm_config(model)
+        opts, config = self.method_options, glm_config_of(model)
         self.num_layers = config.num_layers
         if not opts.mgskd_wo_inter:
             require_teachers(self.name, self.teachers)
@@ -350,7 +343,7 @@ class CKD(GLMStudent):
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
         require_teachers(self.name, self.teachers)
-        self.num_layers = glm_config(model).num_layers
+        self.num_layers = glm_config_of(model).num_layers
 
     def student_taps(self, step: StepInfo) -> List[str]:
         return [hidden_tap(k, self.num_layers) for k in range(self.num_layers + 1)] + ["position_ids"]
@@ -403,7 +396,7 @@ class ALPKD(GLMStudent):
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
         require_teachers(self.name, self.teachers)
-        config = glm_config(model)
+        config = glm_config_of(model)
         self.num_layers = config.num_layers
         for t_no, teacher in enumerate(self.teachers):
             if teacher.hidden_size != config.hidden_size:
@@ -461,7 +454,7 @@ class UniversalKD(GLMStudent):
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
         require_teachers(self.name, self.teachers)
-        opts, config = self.method_options, glm_config(model)
+        opts, config = self.method_options, glm_config_of(model)
         self.num_layers = config.num_layers
         size = opts.universal_kd_size or config.hidden_size
         count = (lambda layers: 1) if opts.universal_kd_cg else (lambda layers: layers - 1)

@@ -111,6 +111,15 @@ class GLMModel(nn.Module):
         return ModelOutput(logits, recorder.captured)
 
 
+def glm_config_of(module: nn.Module) -> GLMConfig:
+    """The GLMConfig of a GLMModel, or of the GLMModel inside task heads and wrappers (`.model`)."""
+    while not isinstance(getattr(module, "config", None), GLMConfig):
+        if not hasattr(module, "model"):
+            raise TypeError(f"{type(module).__name__} holds no GLMModel")
+        module = module.model
+    return module.config
+
+
 def language_model_loss(logits_parallel: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """sum(CE * loss_mask) / sum(loss_mask) over vocabulary-parallel logits [B, S, V/p]; 0 if nothing is masked in."""
     losses = mpu.vocab_parallel_cross_entropy(logits_parallel, target)  # [B, S]
