@@ -227,6 +227,10 @@ def _validate(config: RunConfig) -> None:
         if teacher.arch.num_attention_heads % config.distributed.model_parallel_size:
             raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size} does not divide the "
                               f"{teacher.arch.num_attention_heads} attention heads of teacher {i}")
+    compressed = [config.arch.map_vocab_size] + [t.arch.map_vocab_size for t in config.teachers]
+    if any(size for size in compressed):
+        raise ConfigError("--map_vocab_size (GLMD vocabulary compression) is not implemented yet; "
+                          "run without it (GLMD's logits distillation itself is built)")
     if config.stage == "finetune" and not config.finetune.task:
         raise ConfigError("finetune.py needs --task")
 

@@ -1,0 +1,148 @@
+"""GLMD's all-position logits losses (spec 3.12, 3.13) as small pure functions.
+
+Logits arrive vocabulary-parallel, `[..., V/p]` (this rank's columns of the vocabulary); every
+collective is over `group` (None: the model-parallel group), and the full vocabulary is never
+gathered: the softmax statistics are all-reduced (`mpu.vocab_parallel_kl_div`), the MSE sums
+are all-reduced, and top-n gathers only each rank's local top-n values and indices.
+
+`mask` (`[...]`, nonzero = keep) is a token mask: a masked row contributes 0 and still counts
+in the mean (`custom_mean`). The original multiplied the logits by the mask instead, which
+makes masked rows uniform-against-uniform (KL 0, MSE 0): the same values and gradients, but
+no inf/NaN of a padded row can reach the math here.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import mpu
+from mpu.mappings import ProcessGroup, all_reduce_no_grad, group_rank, group_size, resolve_group
+
+from .losses import _keep, custom_mean, kl_divergence, parallel_mse
+from .losses import mse as mse_rows
+
+# Rows at a time inside the vocabulary-parallel KL: bounds its fp32 temporaries to
+# KL_CHUNK_ROWS x V/p (see bench/logits_kl.py).
+KL_CHUNK_ROWS = 256
+
+
+def num_top(top_n: float, vocab_size: int) -> int:
+    """The n of --logitsdistil_top_n: a value in (0, 1) is a fraction of the vocabulary."""
+    if not top_n > 0:
+        raise ValueError(f"logitsdistil_top_n must be positive, got {top_n}")
+    n = int(top_n * vocab_size) if top_n < 1 else int(top_n)
+    return max(1, min(n, vocab_size))
+
+
+def non_pad_rows(position_ids: torch.Tensor) -> torch.Tensor:
+    """[N, 2, S] positions -> [N, S] bool keep-mask: position > 0, column 0 ([CLS]) kept."""
+    mask = position_ids[:, 0] > 0
+    mask[:, 0] = True
+    return mask
+
+
+def global_top_n(logits: torch.Tensor, n: int, group: ProcessGroup = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The n largest logits of each row over the whole vocabulary and their global ids.
+
+    logits: [N, V/p] -> values [N, n] (no gradient), ids [N, n] (long), identical on every
+    rank. Each rank gathers only its local top-min(n, V/p), never the vocabulary."""
+    per_rank = logits.size(-1)
+    values, index = logits.detach().topk(min(n, per_rank), dim=-1)
+    index = index + group_rank(group) * per_rank
+    if group_size(group) > 1:
+        world = resolve_group(group)
+        parts = [[torch.empty_like(t) for _ in range(group_size(group))] for t in (values, index)]
+        dist.all_gather(parts[0], values.contiguous(), group=world)
+        dist.all_gather(parts[1], index.contiguous(), group=world)
+        values, index = torch.cat(parts[0], dim=-1), torch.cat(parts[1], dim=-1)
+        values, picked = values.topk(n, dim=-1)
+        index = index.gather(-1, picked)
+    return values, index
+
+
+def teacher_min_fill(t_logits: torch.Tensor, n: int, group: ProcessGroup = None) -> torch.Tensor:
+    """Teacher logits below each row's n-th largest set to the teacher's minimum logit
+    (the minimum of the whole tensor over every shard, as in the original). [N, V/p] -> same."""
+    t = t_logits.detach().float()
+    threshold = global_top_n(t, n, group)[0][:, -1:]                           # [N, 1]
+    minimum = t.min().reshape(1)
+    if group_size(group) > 1:
+        minimum = all_reduce_no_grad(minimum, group, dist.ReduceOp.MIN)
+    return torch.where(t >= threshold, t, minimum)
+
+
+def top_n_hinge(s_logits: torch.Tensor, top_index: torch.Tensor, s_top: torch.Tensor, keep: torch.Tensor,
+                group: ProcessGroup = None) -> torch.Tensor:
+    """loss1 = mean over the positive entries of relu(z_s - min(z_s[top])) at the non-top ids.
+
+    s_logits: [N, V/p]; top_index: [N, n] global ids; s_top: [N, n] the student's logits there
+    (replicated); keep: [N] bool. Returns a scalar, 0 when no entry is positive."""
+    per_rank = s_logits.size(-1)
+    start = group_rank(group) * per_rank
+    local = top_index - start
+    inside = (local >= 0) & (local < per_rank)
+    is_top = torch.zeros(s_logits.size(0), per_rank + 1, dtype=torch.bool, device=s_logits.device)
+    is_top.scatter_(-1, local.masked_fill(~inside, per_rank), True)          # other ranks' ids: extra column
+    is_top = is_top[:, :per_rank]
+    floor = mpu.copy_to_model_parallel_region(s_top.min(dim=-1, keepdim=True).values, group)   # [N, 1]
+    hinge = torch.relu(s_logits.float() - floor)
+    counted = ~is_top & (hinge > 0) & keep.unsqueeze(-1)
+    total = mpu.reduce_from_model_parallel_region(torch.where(counted, hinge, 0.0).sum().reshape(1), group)
+    count = all_reduce_no_grad(counted.sum().float().reshape(1), group)
+    return (total / count.clamp(min=1.0)).squeeze(0)
+
+
+def _row_loss(s: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, temperature: float, mse: bool,
+              group: ProcessGroup, vocab_parallel: bool) -> torch.Tensor:
+    """Per-row T^2 * KL(p_t || p_s), or the MSE mean over the (whole) last dim. [N, V'] -> [N] fp32.
+
+    vocab_parallel: [N, V/p] shards (collectives over `group`); else replicated [N, n]."""
+    if mse:
+        return parallel_mse(s, t, mask=keep, group=group) if vocab_parallel else mse_rows(s, t, mask=keep)
+    if vocab_parallel:
+        rows = mpu.vocab_parallel_kl_div(s, t, temperature, keep, group, chunk_size=KL_CHUNK_ROWS)
+    else:
+        rows = kl_divergence(s, t, temperature=temperature, mask=keep)
+    return rows * temperature ** 2
+
+
+def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel: torch.Tensor, *,
+                             temperature: float = 1.0, mask: Optional[torch.Tensor] = None, mse: bool = False,
+                             group: ProcessGroup = None, top_n: Optional[float] = None, teacher_min: bool = False,
+                             keep_batch: bool = False) -> Tuple[torch.Tensor, dict]:
+    """GLMD's logits loss over every token position (spec 3.12 steps 5-6, 3.13).
+
+    s_logits_parallel, t_logits_parallel: [B, S, V/p]; mask: [B, S] (nonzero = keep) or None.
+    Loss per row: T^2 * KL(softmax(t/T) || softmax(s/T)), or with `mse` the mean over the whole
+    vocabulary of (s - t)^2. top_n (n, or a fraction of V in (0, 1)): with `teacher_min` the
+    teacher's logits below its n-th largest are set to its minimum first; otherwise the loss
+    runs over the teacher's global top-n ids only (student gathered there), plus the hinge
+    `top_n_hinge`. Reduction: mean over all B*S rows (masked rows count); keep_batch: [B].
+    Returns (loss, {"logits/hinge": ...} when the hinge is on).
+    """
+    if s_logits_parallel.shape != t_logits_parallel.shape:
+        raise ValueError(f"student logits {tuple(s_logits_parallel.shape)} and teacher logits "
+                         f"{tuple(t_logits_parallel.shape)} differ in shape")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    rows_shape = s_logits_parallel.shape[:-1]
+    keep = _keep(mask, rows_shape, s_logits_parallel.device).reshape(-1)        # [N]
+    per_rank = s_logits_parallel.size(-1)
+    s = s_logits_parallel.reshape(-1, per_rank)                                  # [N, V/p]
+    t = t_logits_parallel.reshape(-1, per_rank)
+    metrics, hinge = {}, None
+    if top_n is not None:
+        n = num_top(top_n, per_rank * group_size(group))
+        t = torch.where(keep.unsqueeze(-1), t.float(), 0.0)          # as the original's zeroed rows
+        if teacher_min:
+            t = teacher_min_fill(t, n, group)
+        else:
+            s = torch.where(keep.unsqueeze(-1), s.float(), 0.0)
+            t_top, top_index = global_top_n(t, n, group)
+            s_top = mpu.vocab_parallel_select(s, top_index, group)                 # [N, n], replicated
+            hinge = top_n_hinge(s, top_index, s_top, keep, group)
+            s, t = s_top, t_top
+            metrics["logits/hinge"] = hinge.detach()
+    rows = _row_loss(s, t, keep, temperature, mse, group, vocab_parallel=hinge is None)
+    loss = custom_mean(rows.reshape(rows_shape), None, keep_batch)
+    return (loss if hinge is None else loss + hinge), metrics

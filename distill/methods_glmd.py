@@ -1,0 +1,116 @@
+"""GLMD, the authors' word-prediction distillation (spec 3.12), without vocabulary compression.
+
+The teacher's LM distribution at every token position (the `logits_parallel` tap, [B(*C), S,
+V/p]: choice-expanded rows in cloze fine-tuning) is distilled with T^2 * KL or MSE; no
+intermediate layers, no hard labels (pre_loss is the generic one, active only with the
+--distill_*_soft/hard flags: stage ft2). The loss itself is `losses_glmd.logits_distillation_loss`,
+which the base class's --distill_logits_parallel term (spec 3.13) can share.
+"""
+import math
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from torch import Tensor
+
+from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
+from .losses_glmd import logits_distillation_loss, non_pad_rows
+from .methods_relations import fold_rows
+
+
+@dataclass(frozen=True)
+class LogitsDistilOptions:
+    """mask_pad: only non-pad positions (position > 0, column 0 kept); mse: MSE instead of T^2 * KL;
+    top_n: distil the teacher's n largest logits (a value in (0, 1): a fraction of V);
+    teacher_min: top-n by filling the teacher's other logits with its minimum (else the KL over
+    the top-n ids plus a hinge); wo_inter: no logits loss (ft2); teacher_input_ids_map: with
+    vocabulary compression (not built yet); mask_a: only Part-B / answer positions."""
+    logitsdistil_mask_pad: bool = False
+    logitsdistil_mse: bool = False
+    logitsdistil_top_n: Optional[float] = None
+    logitsdistil_teacher_min: bool = False
+    logitsdistil_wo_inter: bool = False
+    logitsdistil_teacher_input_ids_map: bool = False
+    logitsdistil_mask_a: bool = False
+
+    def __post_init__(self):
+        top_n = self.logitsdistil_top_n
+        if top_n is not None and not (math.isfinite(top_n) and top_n > 0):
+            raise ValueError(f"logitsdistil_top_n must be a positive finite number, got {top_n}")
+        if self.logitsdistil_teacher_min and top_n is None:
+            warnings.warn("--logitsdistil_teacher_min has no effect without --logitsdistil_top_n", stacklevel=3)
+        if self.logitsdistil_teacher_input_ids_map:
+            raise ValueError("--logitsdistil_teacher_input_ids_map needs vocabulary compression, "
+                             "which is not built yet")
+
+
+def answer_mask(batch: DistillBatch, num_rows: int, seq_length: int) -> Tensor:
+    """--logitsdistil_mask_a: loss_mask (pretraining) or logit_mask (fine-tuning) as [N, S]
+    (multi-choice [B, C, S] -> [B*C, S])."""
+    mask = batch.logit_mask if batch.finetune else batch.loss_mask
+    if mask is None:
+        what = "logit_mask" if batch.finetune else "loss_mask"
+        raise ValueError(f"--logitsdistil_mask_a needs the batch's {what}, which this task does not provide")
+    if mask.numel() != num_rows * seq_length:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the logits rows [{num_rows}, {seq_length}]")
+    return mask.reshape(num_rows, seq_length) != 0
+
+
+def _merged(own: List[str], base: List[str]) -> List[str]:
+    """This method's taps, then the base class's that are not among them."""
+    return own + [name for name in base if name not in own]
+
+
+@register_student
+class LogitsDistil(GLMStudent):
+    """GLMD (Tan et al. 2023, "Are Intermediate Layers and Labels Really Necessary? A General
+    Language Model Distillation Method", Findings of ACL).
+
+    inter_loss = T^2 * KL(z_s/T || z_t/T) (or MSE) over every token row of the vocabulary-parallel
+    LM logits, masked to non-pad (--logitsdistil_mask_pad) and/or answer positions
+    (--logitsdistil_mask_a), optionally top-n truncated; a plain mean over all rows (masked
+    rows add 0). With keep_batch: the per-sample mean over its choices' rows.
+
+    Differences from the original: masks are token masks (the original zeroed the logits: same
+    values and gradients, but no NaN from a padded row); top-n at MP>1 is the global top-n
+    (the original took each shard's local top-n and added a `loss2` on them), so every MP size
+    gives the MP=1 value; vocabulary compression is not built yet.
+    """
+    name = "logitsdistil"
+    options_class = LogitsDistilOptions
+
+    def student_taps(self, step: StepInfo) -> List[str]:
+        opts = self.method_options
+        own = [] if opts.logitsdistil_wo_inter else ["logits_parallel"] + (
+            ["position_ids"] if opts.logitsdistil_mask_pad else [])
+        return _merged(own, super().student_taps(step))
+
+    def teacher_taps(self, t_no: int, step: StepInfo) -> List[str]:
+        own = [] if self.method_options.logitsdistil_wo_inter else ["logits_parallel"]
+        return _merged(own, super().teacher_taps(t_no, step))
+
+    def token_mask(self, s_out, batch: DistillBatch, num_rows: int, seq_length: int) -> Optional[Tensor]:
+        """[N, S] bool keep-mask of the enabled masks, or None."""
+        opts, mask = self.method_options, None
+        if opts.logitsdistil_mask_pad:
+            mask = non_pad_rows(s_out.taps["position_ids"]).reshape(num_rows, seq_length)
+        if opts.logitsdistil_mask_a:
+            answers = answer_mask(batch, num_rows, seq_length)
+            mask = answers if mask is None else mask & answers
+        return mask
+
+    def inter_loss(self, s_out, t_out, batch: DistillBatch, step: StepInfo, t_no: int = 0,
+                   keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
+        opts = self.method_options
+        if opts.logitsdistil_wo_inter:
+            return super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+        s_logits, t_logits = s_out.taps["logits_parallel"], t_out.taps["logits_parallel"]   # [N, S, V/p]
+        mask = self.token_mask(s_out, batch, s_logits.size(0), s_logits.size(1))
+        rows, metrics = logits_distillation_loss(
+            s_logits, t_logits.detach(), temperature=self.options.distill_temperature, mask=mask,
+            mse=opts.logitsdistil_mse, top_n=opts.logitsdistil_top_n, teacher_min=opts.logitsdistil_teacher_min,
+            keep_batch=True)                                                                # [N]
+        loss = fold_rows(rows, s_out.logits.size(0)) if keep_batch else rows.mean()
+        metrics["inter/logits"] = loss.detach().mean()
+        base, base_metrics = super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+        return loss + base, {**metrics, **base_metrics}
