@@ -12,9 +12,7 @@ GPU) is its own. Prints both and their ratio.
 """
 import argparse
 import multiprocessing
-import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,8 @@ from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from measure import peak_mb, seconds_per_step  # noqa: E402
 
 
 class PlainGLM(nn.Module):
@@ -56,25 +56,6 @@ def _batch(args, device):
     batch = {"text": ids, "position_id": position, "attention_mask": torch.full((args.batch,), sep),
              "target": torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen), "loss_mask": loss_mask}
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def _peak_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _time(step, args, device):
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return args.steps / (time.perf_counter() - start)
 
 
 def run_glmkd(args, queue):
@@ -118,8 +99,8 @@ def run_glmkd(args, queue):
                                             save_dir=None),
                       logger=MetricsLogger(None, 0, enabled=False), student=student,
                       combiner=build_multi_teacher(None, AvgTeacherOptions(), options), teachers=[teacher])
-    steps_per_second = _time(lambda: trainer.micro_step(Data.batch), args, device)
-    queue.put(("glmkd", steps_per_second, _peak_mb(device)))
+    steps_per_second = 1.0 / seconds_per_step(lambda: trainer.micro_step(Data.batch), args.steps, args.warmup, device)
+    queue.put(("glmkd", steps_per_second, peak_mb(device)))
 
 
 def run_plain(args, queue):
@@ -151,7 +132,7 @@ def run_plain(args, queue):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    queue.put(("plain", _time(step, args, device), _peak_mb(device)))
+    queue.put(("plain", 1.0 / seconds_per_step(step, args.steps, args.warmup, device), peak_mb(device)))
 
 
 def main(argv=None) -> int:

@@ -11,9 +11,7 @@ allocated on GPU) is its own; the inputs (2 x tokens x vocab fp32) count in both
 """
 import argparse
 import multiprocessing
-import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,13 +20,9 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from measure import peak_mb, seconds_per_step  # noqa: E402
+
 TEMPERATURE = 15.0
-
-
-def _peak_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _inputs(args, device):
@@ -53,7 +47,7 @@ def run(name, args, queue):
     loss_fn = _loss_fn(name, args)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    base = _peak_mb(device)
+    base = peak_mb(device)
 
     def step():
         s.grad = None
@@ -61,16 +55,9 @@ def run(name, args, queue):
         loss.backward()
         return loss.detach()
 
-    value = float(step())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    queue.put((name, seconds, _peak_mb(device), base, value))
+    value = float(step())   # also the warm-up step
+    seconds = seconds_per_step(step, args.steps, 0, device)
+    queue.put((name, seconds, peak_mb(device), base, value))
 
 
 def main(argv=None) -> int:
