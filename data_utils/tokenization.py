@@ -114,14 +114,14 @@ class GLMTokenizer:
         raise NotImplementedError
 
     def padded_vocab_size(self, divisible_by: int = 128, model_parallel_size: int = 1) -> int:
-        """``num_tokens`` rounded up to a multiple of ``divisible_by * model_parallel_size``."""
+        """``num_tokens`` rounded up to a multiple of lcm(``divisible_by``, ``model_parallel_size``)."""
         return pad_vocab_size(self.num_tokens, divisible_by, model_parallel_size)
 
     def describe(self, divisible_by: int = 128, model_parallel_size: int = 1) -> str:
         """One line reporting the vocabulary size before and after padding."""
         padded = self.padded_vocab_size(divisible_by, model_parallel_size)
         return (f"{self.tokenizer_type}({self.model_type}): {self.num_tokens} tokens, padded to "
-                f"{padded} (divisible by {divisible_by} x mp {model_parallel_size}, "
+                f"{padded} (divisible by {divisible_by} and mp {model_parallel_size}, "
                 f"{padded - self.num_tokens} dummy tokens)")
 
     def _check_id(self, id: int) -> None:

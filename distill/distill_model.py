@@ -14,9 +14,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 
 from torch import Tensor, nn
 
-from model import ModelOutput
+from model import ModelOutput, glm_model_of
 
 from .losses import custom_mean, soft_loss, zero_loss
+from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, non_pad_rows, restrict_columns
 
 Metrics = Dict[str, Tensor]
 STAGES = ("pretrain", "finetune")
@@ -31,6 +32,12 @@ class DistillOptions:
     T^2 * KL; `distill_pt_soft_ce`: soft CE; `distill_pt_soft_mse`: MSE). ft/pt hard:
     `distill_hard_rate` * the student's hard loss. Soft-term mask: none with
     `distill_wo_loss_mask`, the non-pad tokens (labels > 0) with `distill_only_mask_pad`.
+
+    The base-class logits term (spec 3.13), added to every method's inter loss that chains to
+    `GLMStudent.inter_loss`: `distill_logits_parallel` turns on T^2 * KL (MSE with
+    `distill_logit_mse`) between the LM logits at every token position, over non-pad positions
+    with `distill_logit_mask_pad`. `distill_logit_mask_map`: under vocabulary compression, every
+    logits KL (this term, GLMD's, and the token-level soft term) runs over the kept ids only.
     """
     distill_ft_soft: bool = False
     distill_ft_hard: bool = False
@@ -45,6 +52,10 @@ class DistillOptions:
     distill_pt_soft_ce: bool = False
     distill_ft_soft_mse: bool = False
     distill_pt_soft_mse: bool = False
+    distill_logits_parallel: bool = False
+    distill_logit_mask_pad: bool = False
+    distill_logit_mse: bool = False
+    distill_logit_mask_map: bool = False
 
     CONFLICTS = (("distill_ft_soft_kl", "distill_ft_soft_mse"), ("distill_pt_soft_ce", "distill_pt_soft_mse"),
                  ("distill_wo_loss_mask", "distill_only_mask_pad"))
@@ -64,6 +75,9 @@ class DistillOptions:
         for variant, base in self.VARIANTS.items():
             if getattr(self, variant) and not getattr(self, base):
                 warnings.warn(f"--{variant} has no effect without --{base}", stacklevel=3)
+        for variant in ("distill_logit_mask_pad", "distill_logit_mse"):
+            if getattr(self, variant) and not self.distill_logits_parallel:
+                warnings.warn(f"--{variant} has no effect without --distill_logits_parallel", stacklevel=3)
 
     def soft_kind(self, finetune: bool) -> str:
         """The soft loss of a stage: "ce", "kl" or "mse"."""
@@ -164,6 +178,15 @@ class GLMStudent(nn.Module):
     options_class: Optional[type] = None
     # Whether the method's taps/interventions survive activation checkpointing (DIITO's don't).
     supports_activation_checkpointing = True
+    # Whether the method's inter_loss includes GLMStudent.inter_loss (and so the base-class
+    # logits term, --distill_logits_parallel): true when not overridden; a method whose
+    # override calls super() says so by setting it to True.
+    inherits_base_inter_loss = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "inherits_base_inter_loss" not in cls.__dict__:
+            cls.inherits_base_inter_loss = cls.inter_loss is GLMStudent.inter_loss
 
     def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
                  method_options=None):
@@ -201,10 +224,20 @@ class GLMStudent(nn.Module):
 
     # ------------------------------------------------------------------ per-step requests
     def student_taps(self, step: StepInfo) -> List[str]:
+        """The taps this method reads from the student. Subclasses list their own; the trainer
+        adds `base_taps` (the base-class logits term's), so they need not call super()."""
         return []
 
     def teacher_taps(self, t_no: int, step: StepInfo) -> List[str]:
         return []
+
+    def base_taps(self, side: str) -> List[str]:
+        """Taps of the base-class logits term (--distill_logits_parallel) on side "student" or
+        "teacher"; the trainer always requests them."""
+        if not self.options.distill_logits_parallel:
+            return []
+        pad = side == "student" and self.options.distill_logit_mask_pad
+        return ["logits_parallel"] + (["position_ids"] if pad else [])
 
     def student_interventions(self, step: StepInfo) -> Dict[str, Callable]:
         return {}
@@ -218,9 +251,48 @@ class GLMStudent(nn.Module):
     # ------------------------------------------------------------------ losses
     def inter_loss(self, s_out: ModelOutput, t_out: ModelOutput, batch: DistillBatch, step: StepInfo,
                    t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
-        """Intermediate-layer loss against teacher `t_no`: scalar, or [B] with keep_batch. KD: 0."""
+        """Intermediate-layer loss against teacher `t_no`: scalar, or [B] with keep_batch.
+
+        KD: 0, plus the base-class logits term with --distill_logits_parallel (spec 3.13):
+        T^2 * KL(z_s/T || z_t/T) (MSE with --distill_logit_mse) of the LM logits at every
+        token row (choice-expanded in cloze fine-tuning), non-pad rows only with
+        --distill_logit_mask_pad; the same loss as GLMD's (`logits_distillation_loss`).
+        Methods that override inter_loss add this term by calling super()."""
         logits = s_out.logits
-        return zero_loss(logits, (logits.size(0),) if keep_batch else ()), {}
+        total = zero_loss(logits, (logits.size(0),) if keep_batch else ())
+        if not self.options.distill_logits_parallel:
+            return total, {}
+        s_logits, t_logits = s_out.taps["logits_parallel"], t_out.taps["logits_parallel"]      # [N, S, V/p]
+        mask = None
+        if self.options.distill_logit_mask_pad:
+            mask = non_pad_rows(s_out.taps["position_ids"]).reshape(s_logits.shape[:2])
+        rows, metrics = self.logits_loss(s_logits, t_logits, mask=mask, mse=self.options.distill_logit_mse)
+        term = rows.view(logits.size(0), -1).mean(dim=1) if keep_batch else rows.mean()       # [N] rows per sample
+        metrics["inter/logits_parallel"] = term.detach().mean()
+        return total + term, metrics
+
+    def vocab_view(self) -> Optional[VocabView]:
+        """How the student's vocabulary lines up with the teachers' (None without compression,
+        or when neither --unmap_vocab_output nor --distill_logit_mask_map changes anything)."""
+        try:
+            glm = glm_model_of(self.model)
+        except TypeError:   # a bare module (loss-only use): no vocabulary of its own
+            return None
+        vocab_map = glm.vocab_map
+        if vocab_map is None or not (glm.config.unmap_vocab_output or self.options.distill_logit_mask_map):
+            return None
+        return VocabView(vocab_map.kept_ids, vocab_map.origin_id_mask_map, glm.config.unmap_vocab_output,
+                         self.options.distill_logit_mask_map)
+
+    def logits_loss(self, s_logits: Tensor, t_logits: Tensor, **options) -> Tuple[Tensor, Metrics]:
+        """`logits_distillation_loss` per row ([N] over the B*S rows) at this run's temperature,
+        with the teacher's logits lined up with a compressed student's (`vocab_view`)."""
+        view = self.vocab_view()
+        column_keep = None
+        if view is not None:
+            s_logits, t_logits, column_keep = view.align(s_logits, t_logits)
+        return logits_distillation_loss(s_logits, t_logits.detach(), temperature=self.options.distill_temperature,
+                                        keep_batch=True, column_keep=column_keep, **options)
 
     def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
                  keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
@@ -261,8 +333,16 @@ class GLMStudent(nn.Module):
         kind = self.options.soft_kind(batch.finetune)
         temperature = self.options.distill_temperature
         mask = self.soft_mask(batch)
+        view = self.vocab_view() if batch.token_level else None
+        column_keep = None
+        if view is not None:   # vocabulary compression: the token-level soft term over the kept ids
+            s_logits, t_logits, column_keep = view.align(s_logits, t_logits)
+            s_logits, t_logits = restrict_columns(s_logits, t_logits, column_keep,
+                                                  0.0 if kind == "mse" else DROPPED_LOGIT)
         rows = soft_loss(kind, s_logits, t_logits, vocab_parallel=batch.token_level, temperature=temperature,
                          teacher_weight=mse_t_w, mask=mask)
+        if kind == "mse" and column_keep is not None:   # a mean over the kept columns, not all V
+            rows = rows / kept_fraction(column_keep)
         loss = custom_mean(rows, mask, keep_batch)
         return loss * temperature ** 2 if kind == "kl" else loss
 
@@ -328,4 +408,8 @@ def build_student(name: str, model: nn.Module, options: DistillOptions, teachers
     if name not in STUDENT_MODELS:
         raise KeyError(f"unknown student model {name!r}; valid: {', '.join(sorted(STUDENT_MODELS))}")
     cls = STUDENT_MODELS[name]
+    if options.distill_logits_parallel and not cls.inherits_base_inter_loss:
+        chained = sorted(n for n, c in STUDENT_MODELS.items() if c.inherits_base_inter_loss)
+        raise ValueError(f"--distill_logits_parallel (the base class's logits term) is not part of {name}'s "
+                         f"inter loss; methods that add it: {', '.join(chained)}")
     return cls(model, options, teachers, method_options=method_options_for(cls, method_options))

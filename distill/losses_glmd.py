@@ -1,4 +1,5 @@
-"""GLMD's all-position logits losses (spec 3.12, 3.13) as small pure functions.
+"""GLMD's all-position logits losses (spec 3.12, 3.13) as small pure functions, and how a
+vocabulary-compressed student's logits line up with a teacher's (`VocabView`).
 
 Logits arrive vocabulary-parallel, `[..., V/p]` (this rank's columns of the vocabulary); every
 collective is over `group` (None: the model-parallel group), and the full vocabulary is never
@@ -10,6 +11,7 @@ in the mean (`custom_mean`). The original multiplied the logits by the mask inst
 makes masked rows uniform-against-uniform (KL 0, MSE 0): the same values and gradients, but
 no inf/NaN of a padded row can reach the math here.
 """
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -24,6 +26,54 @@ from .losses import mse as mse_rows
 # Rows at a time inside the vocabulary-parallel KL: bounds its fp32 temporaries to
 # KL_CHUNK_ROWS x V/p (see bench/logits_kl.py).
 KL_CHUNK_ROWS = 256
+# The logit given to dropped vocabulary columns (--distill_logit_mask_map): exp() of it is an
+# exact 0 in fp32 at any temperature we accept, while differences stay finite (no NaN).
+DROPPED_LOGIT = -1e9
+
+
+@dataclass(frozen=True)
+class VocabView:
+    """How a vocabulary-compressed student's logits line up with a teacher's (spec 3.12).
+
+    kept_ids: [M] the original id of each student row (in row order); kept_mask: [V] bool, True
+    for kept original ids; unmapped: the student's logits are over its M rows
+    (--unmap_vocab_output), so the teacher's are column-selected at kept_ids; mask_map
+    (--distill_logit_mask_map): with V-column student logits, the losses run over kept ids only.
+    """
+    kept_ids: torch.Tensor
+    kept_mask: torch.Tensor
+    unmapped: bool
+    mask_map: bool
+
+    def align(self, s_logits_parallel: torch.Tensor, t_logits_parallel: torch.Tensor, group: ProcessGroup = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(student, teacher, column keep-mask [V/p] or None), ready for a loss: [..., V/p] or
+        [..., M/p] logits of equal shapes. The teacher has no gradient."""
+        if self.unmapped:
+            with torch.no_grad():
+                teacher = mpu.vocab_parallel_take(t_logits_parallel.detach(), self.kept_ids.to(t_logits_parallel.device),
+                                                  group, chunk_rows=KL_CHUNK_ROWS)             # [..., M/p]
+            return s_logits_parallel, teacher, None
+        if not self.mask_map:
+            return s_logits_parallel, t_logits_parallel, None
+        per_rank = s_logits_parallel.size(-1)
+        start = group_rank(group) * per_rank
+        return s_logits_parallel, t_logits_parallel, self.kept_mask[start:start + per_rank].to(s_logits_parallel.device)
+
+
+def restrict_columns(s: torch.Tensor, t: torch.Tensor, column_keep: Optional[torch.Tensor], fill: float
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp32 student and teacher logits [..., V/p] with the dropped columns set to `fill`
+    (DROPPED_LOGIT for softmax losses, 0 for MSE); unchanged without a mask."""
+    if column_keep is None:
+        return s, t
+    return s.float().masked_fill(~column_keep, fill), t.float().masked_fill(~column_keep, fill)
+
+
+def kept_fraction(column_keep: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """The fraction of the whole vocabulary that `column_keep` ([V/p], this rank's share) keeps."""
+    kept = all_reduce_no_grad(column_keep.sum().float().reshape(1), group)
+    return (kept / (column_keep.numel() * group_size(group))).squeeze(0)
 
 
 def num_top(top_n: float, vocab_size: int) -> int:
@@ -60,15 +110,20 @@ def global_top_n(logits: torch.Tensor, n: int, group: ProcessGroup = None) -> Tu
     return values, index
 
 
-def teacher_min_fill(t_logits: torch.Tensor, n: int, group: ProcessGroup = None) -> torch.Tensor:
+def teacher_min_fill(t_logits: torch.Tensor, n: int, group: ProcessGroup = None,
+                     column_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Teacher logits below each row's n-th largest set to the teacher's minimum logit
-    (the minimum of the whole tensor over every shard, as in the original). [N, V/p] -> same."""
+    (the minimum of the whole tensor over every shard, as in the original). [N, V/p] -> same.
+    With `column_keep` ([V/p]) the minimum is over the kept columns, and dropped columns
+    stay at DROPPED_LOGIT."""
     t = t_logits.detach().float()
     threshold = global_top_n(t, n, group)[0][:, -1:]                           # [N, 1]
-    minimum = t.min().reshape(1)
+    counted = t if column_keep is None else t.masked_fill(~column_keep, float("inf"))
+    minimum = counted.min().reshape(1)
     if group_size(group) > 1:
         minimum = all_reduce_no_grad(minimum, group, dist.ReduceOp.MIN)
-    return torch.where(t >= threshold, t, minimum)
+    filled = torch.where(t >= threshold, t, minimum)
+    return filled if column_keep is None else filled.masked_fill(~column_keep, DROPPED_LOGIT)
 
 
 def top_n_hinge(s_logits: torch.Tensor, top_index: torch.Tensor, s_top: torch.Tensor, keep: torch.Tensor,
@@ -109,7 +164,8 @@ def _row_loss(s: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, temperature:
 def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel: torch.Tensor, *,
                              temperature: float = 1.0, mask: Optional[torch.Tensor] = None, mse: bool = False,
                              group: ProcessGroup = None, top_n: Optional[float] = None, teacher_min: bool = False,
-                             keep_batch: bool = False) -> Tuple[torch.Tensor, dict]:
+                             keep_batch: bool = False, column_keep: Optional[torch.Tensor] = None
+                             ) -> Tuple[torch.Tensor, dict]:
     """GLMD's logits loss over every token position (spec 3.12 steps 5-6, 3.13).
 
     s_logits_parallel, t_logits_parallel: [B, S, V/p]; mask: [B, S] (nonzero = keep) or None.
@@ -130,12 +186,18 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
     per_rank = s_logits_parallel.size(-1)
     s = s_logits_parallel.reshape(-1, per_rank)                                  # [N, V/p]
     t = t_logits_parallel.reshape(-1, per_rank)
+    vocab_size = per_rank * group_size(group)
+    if column_keep is not None:
+        vocab_size = round(float(kept_fraction(column_keep, group)) * vocab_size)
+        s, t = restrict_columns(s, t, column_keep, 0.0 if mse and top_n is None else DROPPED_LOGIT)
     metrics, hinge = {}, None
     if top_n is not None:
-        n = num_top(top_n, per_rank * group_size(group))
+        n = num_top(top_n, vocab_size)
         t = torch.where(keep.unsqueeze(-1), t.float(), 0.0)          # as the original's zeroed rows
+        if column_keep is not None:
+            t = t.masked_fill(~column_keep, DROPPED_LOGIT)
         if teacher_min:
-            t = teacher_min_fill(t, n, group)
+            t = teacher_min_fill(t, n, group, column_keep)
         else:
             s = torch.where(keep.unsqueeze(-1), s.float(), 0.0)
             t_top, top_index = global_top_n(t, n, group)
@@ -144,5 +206,7 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
             s, t = s_top, t_top
             metrics["logits/hinge"] = hinge.detach()
     rows = _row_loss(s, t, keep, temperature, mse, group, vocab_parallel=hinge is None)
+    if mse and hinge is None and column_keep is not None:   # a mean over the kept columns, not all V
+        rows = rows / kept_fraction(column_keep, group)
     loss = custom_mean(rows.reshape(rows_shape), None, keep_batch)
     return (loss if hinge is None else loss + hinge), metrics

@@ -1,20 +1,24 @@
-"""GLMD, the authors' word-prediction distillation (spec 3.12), without vocabulary compression.
+"""GLMD, the authors' word-prediction distillation (spec 3.12), with or without vocabulary
+compression (the student's map lives in its GLMModel: `model.vocab_map`).
 
 The teacher's LM distribution at every token position (the `logits_parallel` tap, [B(*C), S,
 V/p]: choice-expanded rows in cloze fine-tuning) is distilled with T^2 * KL or MSE; no
 intermediate layers, no hard labels (pre_loss is the generic one, active only with the
---distill_*_soft/hard flags: stage ft2). The loss itself is `losses_glmd.logits_distillation_loss`,
-which the base class's --distill_logits_parallel term (spec 3.13) can share.
+--distill_*_soft/hard flags: stage ft2). The loss itself is `GLMStudent.logits_loss`
+(`losses_glmd.logits_distillation_loss` on the vocabulary-aligned logits), which the base
+class's --distill_logits_parallel term (spec 3.13) shares.
 """
 import math
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor
 
+from model import glm_model_of
+
 from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
-from .losses_glmd import logits_distillation_loss, non_pad_rows
+from .losses_glmd import non_pad_rows
 from .methods_relations import fold_rows
 
 
@@ -24,7 +28,8 @@ class LogitsDistilOptions:
     top_n: distil the teacher's n largest logits (a value in (0, 1): a fraction of V);
     teacher_min: top-n by filling the teacher's other logits with its minimum (else the KL over
     the top-n ids plus a hinge); wo_inter: no logits loss (ft2); teacher_input_ids_map: with
-    vocabulary compression (not built yet); mask_a: only Part-B / answer positions."""
+    vocabulary compression, the teacher reads the same replacement tokens as the student;
+    mask_a: only Part-B / answer positions."""
     logitsdistil_mask_pad: bool = False
     logitsdistil_mse: bool = False
     logitsdistil_top_n: Optional[float] = None
@@ -39,9 +44,6 @@ class LogitsDistilOptions:
             raise ValueError(f"logitsdistil_top_n must be a positive finite number, got {top_n}")
         if self.logitsdistil_teacher_min and top_n is None:
             warnings.warn("--logitsdistil_teacher_min has no effect without --logitsdistil_top_n", stacklevel=3)
-        if self.logitsdistil_teacher_input_ids_map:
-            raise ValueError("--logitsdistil_teacher_input_ids_map needs vocabulary compression, "
-                             "which is not built yet")
 
 
 def answer_mask(batch: DistillBatch, num_rows: int, seq_length: int) -> Tensor:
@@ -71,13 +73,19 @@ class LogitsDistil(GLMStudent):
     (--logitsdistil_mask_a), optionally top-n truncated; a plain mean over all rows (masked
     rows add 0). With keep_batch: the per-sample mean over its choices' rows.
 
+    Vocabulary compression: with --unmap_vocab_output the teacher's logits are taken at the
+    student's kept ids (in row order); with --distill_logit_mask_map (V-column student logits)
+    the loss runs over the kept ids only; --logitsdistil_teacher_input_ids_map feeds the teacher
+    the replacement tokens the student reads.
+
     Differences from the original: masks are token masks (the original zeroed the logits: same
     values and gradients, but no NaN from a padded row); top-n at MP>1 is the global top-n
     (the original took each shard's local top-n and added a `loss2` on them), so every MP size
-    gives the MP=1 value; vocabulary compression is not built yet.
+    gives the MP=1 value.
     """
     name = "logitsdistil"
     options_class = LogitsDistilOptions
+    inherits_base_inter_loss = True
 
     def student_taps(self, step: StepInfo) -> List[str]:
         opts = self.method_options
@@ -88,6 +96,16 @@ class LogitsDistil(GLMStudent):
     def teacher_taps(self, t_no: int, step: StepInfo) -> List[str]:
         own = [] if self.method_options.logitsdistil_wo_inter else ["logits_parallel"]
         return _merged(own, super().teacher_taps(t_no, step))
+
+    def teacher_interventions(self, t_no: int, step: StepInfo) -> Dict[str, Callable]:
+        interventions = dict(super().teacher_interventions(t_no, step))
+        if self.method_options.logitsdistil_teacher_input_ids_map:
+            glm = glm_model_of(self.model)
+            if glm.vocab_map is None:
+                raise ValueError("--logitsdistil_teacher_input_ids_map needs a vocabulary-compressed student "
+                                 "(--map_vocab_size)")
+            interventions["input_ids"] = glm.replace_dropped_ids
+        return interventions
 
     def token_mask(self, s_out, batch: DistillBatch, num_rows: int, seq_length: int) -> Optional[Tensor]:
         """[N, S] bool keep-mask of the enabled masks, or None."""
@@ -106,10 +124,9 @@ class LogitsDistil(GLMStudent):
             return super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
         s_logits, t_logits = s_out.taps["logits_parallel"], t_out.taps["logits_parallel"]   # [N, S, V/p]
         mask = self.token_mask(s_out, batch, s_logits.size(0), s_logits.size(1))
-        rows, metrics = logits_distillation_loss(
-            s_logits, t_logits.detach(), temperature=self.options.distill_temperature, mask=mask,
-            mse=opts.logitsdistil_mse, top_n=opts.logitsdistil_top_n, teacher_min=opts.logitsdistil_teacher_min,
-            keep_batch=True)                                                                # [N]
+        rows, metrics = self.logits_loss(s_logits, t_logits, mask=mask, mse=opts.logitsdistil_mse,
+                                         top_n=opts.logitsdistil_top_n,
+                                         teacher_min=opts.logitsdistil_teacher_min)                  # [N]
         loss = fold_rows(rows, s_out.logits.size(0)) if keep_batch else rows.mean()
         metrics["inter/logits"] = loss.detach().mean()
         base, base_metrics = super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)

@@ -248,6 +248,7 @@ class MixBaseline(GLMStudent):
     """
     name = "mixbaseline"
     options_class = MixBaselineOptions
+    inherits_base_inter_loss = True
 
     @classmethod
     def options_from_flags(cls, values: Mapping[str, object]) -> MixBaselineOptions:

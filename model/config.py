@@ -34,6 +34,9 @@ class GLMConfig:
     # ALBERT (spec 3.31)
     compress_word_emb: int = 0                 # >0: factorised word embeddings of this width
     cross_layer_parameter_sharing: bool = False
+    # GLMD vocabulary compression (spec 3.12)
+    map_vocab_size: int = 0                    # >0: the word-embedding table keeps this many rows
+    unmap_vocab_output: bool = False           # logits over the kept rows only (else over all V ids)
 
     def __post_init__(self):
         positive = ["num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_sequence_length",
@@ -47,6 +50,10 @@ class GLMConfig:
         if self.attention_width % self.num_attention_heads != 0:
             raise ValueError(f"attention width {self.attention_width} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
+        if not 0 <= self.map_vocab_size < self.vocab_size:
+            raise ValueError(f"map_vocab_size={self.map_vocab_size} must lie in [0, vocab_size={self.vocab_size})")
+        if self.unmap_vocab_output and not self.map_vocab_size:
+            raise ValueError("unmap_vocab_output needs vocabulary compression (map_vocab_size > 0)")
         if self.ib_word_emb > self.hidden_size:
             raise ValueError(f"ib_word_emb={self.ib_word_emb} exceeds hidden_size={self.hidden_size}")
 
@@ -59,10 +66,21 @@ class GLMConfig:
     def word_embedding_width(self) -> int:
         return self.compress_word_emb or self.hidden_size
 
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of the word-embedding table: the kept vocabulary under compression, else V."""
+        return self.map_vocab_size or self.vocab_size
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Columns of the (gathered) logits."""
+        return self.map_vocab_size if self.unmap_vocab_output else self.vocab_size
+
     def check_model_parallel_size(self, model_parallel_size: int) -> None:
         """Raise unless heads, widths and vocabulary divide among `model_parallel_size` ranks."""
         for what, size in [("num_attention_heads", self.num_attention_heads),
-                           ("vocab_size", self.vocab_size), ("attention width", self.attention_width)]:
+                           ("vocab_size", self.vocab_size), ("attention width", self.attention_width),
+                           ("map_vocab_size", self.map_vocab_size)]:
             if size % model_parallel_size != 0:
                 raise ValueError(f"model parallel size {model_parallel_size} does not divide {what}={size}")
 

@@ -4,7 +4,8 @@ rows for the language model; taps therefore describe the choice-expanded rows.
 
 Every head reads the vocabulary-parallel logits (`logits_parallel` tap) or the final
 hidden states (`output` tap), so it works at any model-parallel size and whatever the
-model's `parallel_output`.
+model's `parallel_output`. Target ids are original ids; under vocabulary compression with
+unmap_vocab_output the cloze heads map them to logit columns (`GLMModel.map_output_ids`).
 """
 from typing import Collection, Mapping, Optional, Tuple
 
@@ -59,6 +60,7 @@ class GLMForSingleTokenCloze(nn.Module):
         logits, captured = _run(self.model, "logits_parallel", input_ids, position_ids, attention_mask,
                                 taps, interventions)
         rows = _rows_at(logits, attention_mask)                       # [B, V/p]
+        target_ids = self.model.map_output_ids(target_ids)
         if self.take_softmax:
             expanded = rows.unsqueeze(1).expand(-1, target_ids.size(1), -1)  # [B, L, V/p]
             scores = -mpu.vocab_parallel_cross_entropy(expanded, target_ids)
@@ -87,6 +89,7 @@ class GLMForMultiTokenCloze(nn.Module):
             input_ids, position_ids, attention_mask, target_ids, logit_mask)
         logits, captured = _run(self.model, "logits_parallel", input_ids, position_ids, attention_mask,
                                 taps, interventions)
+        target_ids = self.model.map_output_ids(target_ids)
         if self.take_softmax:
             token_scores = -mpu.vocab_parallel_cross_entropy(logits, target_ids)              # [B*C, S]
         else:

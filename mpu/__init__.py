@@ -4,7 +4,7 @@ The public API of Megatron-LM v1's `mpu`, plus the vocabulary-parallel soft-labe
 that distillation needs and the partition metadata that `change_mp.py` reads.
 """
 from .cross_entropy import (vocab_parallel_cross_entropy, vocab_parallel_entropy, vocab_parallel_kl_div,
-                            vocab_parallel_select, vocab_parallel_soft_cross_entropy)
+                            vocab_parallel_select, vocab_parallel_soft_cross_entropy, vocab_parallel_take)
 from .data import broadcast_data
 from .grads import clip_grad_norm
 from .initialize import (destroy_model_parallel, get_data_parallel_group, get_data_parallel_rank,

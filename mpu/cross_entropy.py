@@ -19,7 +19,8 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .mappings import ProcessGroup, all_reduce_no_grad, group_rank, group_size, reduce_from_model_parallel_region
+from .mappings import (ProcessGroup, all_reduce_no_grad, group_rank, group_size, reduce_from_model_parallel_region,
+                       scatter_to_model_parallel_region)
 
 
 def _vocab_range(per_partition: int, group: ProcessGroup) -> Tuple[int, int]:
@@ -82,6 +83,27 @@ def vocab_parallel_select(vocab_parallel_logits: torch.Tensor, index: torch.Tens
     return reduce_from_model_parallel_region(local.masked_fill(outside, 0.0), group)
 
 
+def vocab_parallel_take(vocab_parallel_logits: torch.Tensor, columns: torch.Tensor, group: ProcessGroup = None,
+                        chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """The columns `columns` ([K] global vocabulary ids, K divisible by the group size) of
+    vocabulary-parallel logits, themselves vocabulary-parallel: [..., V/p] -> [..., K/p], rank r
+    holding entries [r*K/p, (r+1)*K/p) of `columns` (e.g. a teacher's logits at the ids a
+    compressed student keeps, in the student's row order). Differentiable. Each chunk of
+    `chunk_rows` rows is all-reduced as [rows, K], which bounds that temporary."""
+    world = group_size(group)
+    if columns.numel() % world:
+        raise ValueError(f"{columns.numel()} columns do not split among {world} model-parallel ranks")
+    per_rank = vocab_parallel_logits.size(-1)
+    rows = vocab_parallel_logits.reshape(-1, per_rank)                                      # [N, V/p]
+    if world == 1:
+        return rows[:, columns].reshape(*vocab_parallel_logits.shape[:-1], columns.numel())
+    parts = []
+    for chunk in _chunks(rows.size(0), chunk_rows):
+        picked = vocab_parallel_select(rows[chunk], columns.expand(chunk.stop - chunk.start, -1), group)  # [n, K]
+        parts.append(scatter_to_model_parallel_region(picked, group))                       # [n, K/p]
+    return torch.cat(parts).reshape(*vocab_parallel_logits.shape[:-1], columns.numel() // world)
+
+
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = logits.float()
     return logits / temperature if temperature != 1.0 else logits
@@ -130,7 +152,9 @@ class _VocabParallelSoftLoss(torch.autograd.Function):
         temperature = ctx.temperature
         need_student, need_teacher = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         scale = torch.where(mask, grad_output, torch.zeros_like(grad_output)).unsqueeze(-1) / temperature
-        grads_s, grads_t = [], []
+        # Written chunk by chunk into preallocated gradients (no list of chunks to concatenate).
+        grad_s = torch.empty_like(student) if need_student else None
+        grad_t = torch.empty_like(teacher) if need_teacher else None
         for rows in _chunks(student.size(0), ctx.chunk_size):
             s, t = _scaled(student[rows], temperature), _scaled(teacher[rows], temperature)
             p_t = (t - t_lse[rows]).exp_()
@@ -138,15 +162,13 @@ class _VocabParallelSoftLoss(torch.autograd.Function):
             if need_student:  # d/dz_s of both KL and CE: (p_s - p_t) / T
                 g = (s - s_lse[rows]).exp_().sub_(p_t).mul_(scale[rows])
                 g[dropped] = 0.0
-                grads_s.append(g.to(student.dtype))
+                grad_s[rows] = g
             if need_teacher:  # KL: p_t (log p_t - log p_s - KL) / T;  CE: p_t (-log p_s - CE) / T
                 log_ps = s - s_lse[rows]
                 inner = (t - t_lse[rows]).sub_(log_ps) if ctx.kind == "kl" else log_ps.neg_()
                 g = inner.sub_(loss[rows].unsqueeze(-1)).mul_(p_t).mul_(scale[rows])
                 g[dropped] = 0.0
-                grads_t.append(g.to(teacher.dtype))
-        grad_s = torch.cat(grads_s) if need_student else None
-        grad_t = torch.cat(grads_t) if need_teacher else None
+                grad_t[rows] = g
         return grad_s, grad_t, None, None, None, None, None
 
 

@@ -1,4 +1,5 @@
 """Small helpers shared by the mpu modules (Megatron-LM v1 names)."""
+import math
 from typing import List, Tuple
 
 import torch
@@ -16,11 +17,14 @@ def divide(numerator: int, denominator: int) -> int:
 
 
 def pad_vocab_size(num_tokens: int, divisible_by: int = 128, model_parallel_size: int = 1) -> int:
-    """Round `num_tokens` up to a multiple of divisible_by * model_parallel_size (GLM's rule),
-    so the vocabulary splits evenly across model-parallel ranks."""
+    """Round `num_tokens` up to a multiple of lcm(divisible_by, model_parallel_size), so the
+    vocabulary splits evenly across model-parallel ranks. As in GLM (and unlike Megatron's
+    divisible_by * mp), the size does not change with the model-parallel size whenever that
+    divides divisible_by (128 by default), so checkpoints move between MP sizes: bert-base-uncased
+    is 30592 rows at MP 1, 2, 4, ..., 128."""
     if divisible_by < 1 or model_parallel_size < 1:
         raise ValueError(f"divisible_by ({divisible_by}) and model_parallel_size ({model_parallel_size}) must be >= 1")
-    multiple = divisible_by * model_parallel_size
+    multiple = math.lcm(divisible_by, model_parallel_size)
     return -(-num_tokens // multiple) * multiple
 
 

@@ -17,6 +17,18 @@ def write_vocab(directory: Path) -> Path:
     return path
 
 
+def write_sorted_vocab(directory: Path, vocab: Path, seed: int = 0) -> Path:
+    """A sorted-vocabulary table (GLMD vocabulary compression) over `vocab`'s tokens in a seeded
+    random order; the appended command tokens are left out, so the run has to protect them."""
+    from model.vocab_map import write_vocab_table
+    tokens = Path(vocab).read_text().split()
+    order = list(range(len(tokens)))
+    random.Random(seed).shuffle(order)
+    path = Path(directory) / "BertWordPieceTokenizer_bert-base-uncased.txt"
+    write_vocab_table(str(path), order, [tokens[i] for i in order], [len(order) - r for r in range(len(order))])
+    return path
+
+
 def write_corpus(directory: Path, num_documents: int = 120, seed: int = 0) -> Path:
     rng = random.Random(seed)
     lines = []

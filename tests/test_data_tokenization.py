@@ -50,7 +50,8 @@ def test_bert_base_uncased_real_vocab(bert_vocab):
                                               sop=30522, eop=30523)
     assert tokenizer.num_tokens == 30522 + 2  # spec 9.4: + sop, eop
     assert tokenizer.padded_vocab_size(128) == 30592
-    assert tokenizer.padded_vocab_size(128, model_parallel_size=2) == 30720  # 120 x 256
+    assert tokenizer.padded_vocab_size(128, model_parallel_size=2) == 30592  # the same at MP 2 (GLM's rule)
+    assert tokenizer.padded_vocab_size(128, model_parallel_size=3) == 30720  # lcm(128, 3) = 384; 80 x 384
     assert "30524 tokens, padded to 30592" in tokenizer.describe()
     assert tokenizer.id_to_token(30522) == "<|startofpiece|>"
     assert tokenizer.token_to_id("[gMASK]") is None
@@ -129,13 +130,15 @@ def test_bert_lower_casing_follows_model_type(tmp_path):
                            lower_case=True).encode("Hello") == [5]
     assert uncased.command == CommandTokens(pad=0, eos=0, cls=2, sep=3, mask=4, unk=1, sop=9,
                                             eop=10)
-    assert uncased.num_tokens == 11 and uncased.padded_vocab_size(4, 2) == 16
+    assert uncased.num_tokens == 11 and uncased.padded_vocab_size(4, 2) == 12 and uncased.padded_vocab_size(4, 8) == 16
 
 
 def test_pad_vocab_size_arithmetic():
     assert pad_vocab_size(30524, 128) == 30592
     assert pad_vocab_size(30592, 128) == 30592  # already a multiple
-    assert pad_vocab_size(1, 128, 4) == 512
+    assert pad_vocab_size(1, 128, 4) == 128     # 4 divides 128: the size does not depend on MP
+    assert pad_vocab_size(50257 + 6, 128, 8) == 50304
+    assert pad_vocab_size(10, 8, 12) == 24       # lcm(8, 12)
     with pytest.raises(ValueError):
         pad_vocab_size(10, 0)
 

@@ -19,7 +19,7 @@ DEMO_COMMAND = "pip install -r requirements.txt && python examples/kd_demo.py"
 TEST_COMMAND_MARK = "python -m pytest"
 # Appended to the README's commands so they finish in seconds (argparse keeps the last value).
 FEWER_STEPS = {"pretrain.py": ["--train-iters=3", "--eval-interval=3", "--eval-iters=2"],
-               "finetune.py": ["--epochs=1"], "change_mp.py": []}
+               "finetune.py": ["--epochs=1"], "change_mp.py": [], "auto_tune.py": [], "vocab_sort.py": []}
 
 
 def _blocks(language: str):
@@ -56,12 +56,12 @@ def test_the_distilled_student_beats_the_same_student_without_distillation(demo)
 
 def _argv(command: str, root: Path):
     """The command with the repository's scripts and configs addressed from the scratch root."""
-    tokens = [str(REPO_ROOT / t) if t.endswith(".py") else t.replace("=config/", f"={REPO_ROOT}/config/")
-              for t in shlex.split(command)]
+    tokens = [str(REPO_ROOT / t) if t.endswith(".py") and not t.startswith("-")
+              else t.replace("=config/", f"={REPO_ROOT}/config/") for t in shlex.split(command)]
     launcher = {"python": [sys.executable], "torchrun": [sys.executable, "-m", "torch.distributed.run",
                                                           "--master_port=29641"],
                 "deepspeed": [shutil.which("deepspeed"), "--master_port=29642"]}[tokens[0]]
-    script = next(Path(t).name for t in tokens if t.endswith(".py"))
+    script = next(Path(t).name for t in tokens if t.endswith(".py") and not t.startswith("-"))
     return launcher + tokens[1:] + FEWER_STEPS[script]
 
 
@@ -77,9 +77,24 @@ def test_every_readme_command_runs(demo):
         done = subprocess.run(_argv(command, root), cwd=root, capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         ran += 1
-    assert ran == 6   # pretrain, two finetune, torchrun, deepspeed, change_mp
+    # pretrain, two finetune, torchrun, deepspeed, change_mp; GLMD: vocab_sort, GLMD+al x 3, GLMD-vc x 3;
+    # auto_tune: sweep, show_tune, test; TAKD x 2, DGKD
+    assert ran == 19
+    table = root / ".pytorch_pretrained_bert" / "BertWordPieceTokenizer_bert-base-uncased.txt"
+    assert table.is_file()
+    from model.checkpoint import load_model_shard
+    glmd_al = load_model_shard(root / "runs/demo/glmd-al-pt", 0)
+    kept = glmd_al["model_config"]["map_vocab_size"]
+    assert 0 < kept < glmd_al["model_config"]["vocab_size"] and glmd_al["model_config"]["unmap_vocab_output"]
+    assert glmd_al["module"]["word_embeddings.weight"].shape == (kept, 16)     # ALBERT width 16
+    assert int(glmd_al["module"]["origin_id_mask_map"].sum()) == kept
+    for run in ("glmd-al-ft2", "glmd-vc-ft2"):
+        assert (root / "runs/demo" / run / "best").is_dir(), run
     assert (root / "runs/demo/student-kd_MP2/latest_checkpointed_iteration.txt").is_file()
     assert (root / "runs/demo/student-sst2/best").is_dir()
+    for run in ("assistant-sst2", "student-takd", "student-dgkd"):   # the teacher-assistant chains
+        assert (root / "runs/demo" / run / "best").is_dir(), run
+    assert "| kd | 1 | " in (root / "runs/demo/tune/tune.md").read_text()
 
 
 def test_python_examples_run():

@@ -6,7 +6,7 @@ import json
 import torch
 
 from change_mp import change_mp
-from cli_fixtures import finetune_flags, run_script, write_rte, write_vocab
+from cli_fixtures import REPO_ROOT, finetune_flags, run_script, write_rte, write_vocab
 from glm_fixtures import tiny_config
 from model import GLMModel
 from model.checkpoint import model_states, read_tracker, save_model_shard
@@ -45,3 +45,16 @@ def test_weights_load_from_a_checkpoint_of_another_model_parallel_size(tmp_path)
     assert not report.missing and not report.unexpected
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_the_deepspeed_configs_micro_batch_sizes_the_data(tmp_path):
+    """The JSON's train_micro_batch_size_per_gpu (4) wins over --batch-size=8 (spec 4.7), in the
+    data too: 64 training examples make 16 steps per epoch, not 8."""
+    vocab, data = write_vocab(tmp_path), write_rte(tmp_path)
+    flags = finetune_flags(vocab, data, tmp_path / "ft", "--epochs=1", "--experiment-name=rte", "--custom_first_eval",
+                           "--deepspeed", f"--deepspeed_config={REPO_ROOT / 'config' / 'config_block_tiny_cpu.json'}")
+    done = run_script("finetune.py", flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--batch-size=8 is overridden" in done.stdout + done.stderr
+    records = [json.loads(line) for line in (tmp_path / "ft" / "rte" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "valid"] == [0, 16]

@@ -96,6 +96,6 @@ def cpu_env() -> DistEnv:
     return DistEnv(rank, world, 0, torch.device("cpu"), "gloo")
 
 
-def torch_engine(model, gas: int = 1, lr: float = 1e-3):
+def torch_engine(model, gas: int = 1, lr: float = 1e-3, manual_sync: bool = False):
     optimizer = build_optimizer(model, lr, 0.01, (0.9, 0.999), 1e-8)
-    return TorchTrainEngine(model, optimizer, cpu_env(), gas, clip_grad=1.0)
+    return TorchTrainEngine(model, optimizer, cpu_env(), gas, clip_grad=1.0, manual_sync=manual_sync)

@@ -8,16 +8,17 @@ teacher (spec 2.7); and a flag that is given but has no effect in this implement
 gets a one-time warning.
 """
 import difflib
+import math
 import sys
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from distill.distill_model import STUDENT_MODELS, DistillOptions
-from distill.multi_teacher_model import MULTI_TEACHER_MODELS, AvgTeacherOptions
+from distill.multi_teacher_model import MULTI_TEACHER_MODELS
 
 from .config import (ArchConfig, ConfigError, DataConfig, DistillConfig, DistributedConfig, FinetuneConfig,
-                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig)
+                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, VocabMapConfig)
 from .flags import FLAGS, MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser
 
 # The original's registries (spec 3, 2.8): every name parses; the ones not built yet say so.
@@ -146,6 +147,14 @@ def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
     return tuple(teachers)
 
 
+def _combiner_flags(values: "_Reader", combiner: Optional[str]) -> Dict[str, Any]:
+    """The flag values of the combiner's typed options (every combiner's for mixmt)."""
+    classes = MULTI_TEACHER_MODELS.values() if combiner == "mixmt" else [MULTI_TEACHER_MODELS[combiner]]
+    names = {f.name for cls in classes for f in fields(cls.options_class)} & set(values)
+    values.used |= names
+    return {name: values[name] for name in sorted(names)}
+
+
 class _Reader(dict):
     """The namespace as a dict that remembers which entries were read."""
 
@@ -188,10 +197,14 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
                         "distil_analysis_inter", "distil_analysis_frcn"})
     if values.get("distill_random_data") and student is None:
         raise ConfigError("--distill_random_data disturbs distillation inputs: it needs --student_model")
+    vocab_map = VocabMapConfig(**values.pick(VocabMapConfig))
+    if vocab_map.student_map_vocab_tn is not None and vocab_map.student_map_vocab_tn < 0:
+        vocab_map = replace(vocab_map, student_map_vocab_tn=None)
     distill = DistillConfig(student_model=student, multi_teacher_model=combiner,
                             options=values.pick(DistillOptions), method_options=method_values,
-                            combiner_options=values.pick(AvgTeacherOptions), student_truncate_tn=truncate,
-                            mt_has_loss=bool(values["mt_has_loss"]), mt_has_grad=bool(values["mt_has_grad"]))
+                            combiner_options=_combiner_flags(values, combiner), student_truncate_tn=truncate,
+                            mt_has_loss=bool(values["mt_has_loss"]), mt_has_grad=bool(values["mt_has_grad"]),
+                            mt_model_load=values.pick(DistillConfig).get("mt_model_load"))
     if distill.mt_has_grad:
         raise ConfigError("--mt_has_grad (training the teachers jointly) is not implemented yet")
     data = DataConfig(**{**values.pick(DataConfig), "train_data": tuple(values["train_data"] or ()),
@@ -201,7 +214,8 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
         stage=stage, arch=ArchConfig(**values.pick(ArchConfig)), model=ModelOptions(**values.pick(ModelOptions)),
         teachers=teachers, optim=OptimConfig(**values.pick(OptimConfig)), train=TrainConfig(**values.pick(TrainConfig)),
         distributed=DistributedConfig(**values.pick(DistributedConfig)), data=data,
-        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, flags=dict(values))
+        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, flags=dict(values),
+        vocab_map=vocab_map)
     _validate(config)
     ignored = sorted(explicit - values.used - _HARMLESS)
     if ignored:
@@ -227,12 +241,32 @@ def _validate(config: RunConfig) -> None:
         if teacher.arch.num_attention_heads % config.distributed.model_parallel_size:
             raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size} does not divide the "
                               f"{teacher.arch.num_attention_heads} attention heads of teacher {i}")
-    compressed = [config.arch.map_vocab_size] + [t.arch.map_vocab_size for t in config.teachers]
-    if any(size for size in compressed):
-        raise ConfigError("--map_vocab_size (GLMD vocabulary compression) is not implemented yet; "
-                          "run without it (GLMD's logits distillation itself is built)")
+    _validate_vocab_map(config)
     if config.stage == "finetune" and not config.finetune.task:
         raise ConfigError("finetune.py needs --task")
+
+
+def _validate_vocab_map(config: RunConfig) -> None:
+    """GLMD vocabulary compression (spec 3.12): sizes and the flags that need it."""
+    sizes = [("--map_vocab_size", config.arch.map_vocab_size)] + [
+        (f"the map_vocab_size of teacher {i}", t.arch.map_vocab_size) for i, t in enumerate(config.teachers)]
+    for what, size in sizes:
+        if not (math.isfinite(size) and size >= 0):
+            raise ConfigError(f"{what} must be a non-negative number, got {size}")
+    compressed = config.arch.map_vocab_size > 0
+    vocab_map, options = config.vocab_map, config.distill.options
+    needs_map = [("--unmap_vocab_output", config.arch.unmap_vocab_output),
+                 ("--student_build_map_vocab", vocab_map.student_build_map_vocab)]
+    for flag, given in needs_map:
+        if given and not compressed:
+            raise ConfigError(f"{flag} needs vocabulary compression: give --map_vocab_size")
+    teacher_no = vocab_map.student_map_vocab_tn
+    if vocab_map.student_build_map_vocab and teacher_no is not None and not 0 <= teacher_no < len(config.teachers):
+        raise ConfigError(f"--student_map_vocab_tn={teacher_no} but there are {len(config.teachers)} teachers")
+    if options.get("distill_logit_mask_map") and not compressed:
+        warnings.warn("--distill_logit_mask_map has no effect without --map_vocab_size", stacklevel=3)
+    if config.distill.method_options.get("logitsdistil_teacher_input_ids_map") and not compressed:
+        raise ConfigError("--logitsdistil_teacher_input_ids_map needs vocabulary compression: give --map_vocab_size")
 
 
 def parse_run_config(argv: Optional[Sequence[str]], stage: str, prog: str) -> RunConfig:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from model import GLMConfig
+from model.vocab_map import map_vocab_rows
 
 STAGES = ("pretrain", "finetune")
 
@@ -29,12 +30,20 @@ class ArchConfig:
     ib_word_emb: int = 0
     compress_word_emb: int = 0
     cross_layer_parameter_sharing: bool = False
-    map_vocab_size: float = 0.0
+    map_vocab_size: float = 0.0          # GLMD vocabulary compression: a fraction of the tokens, or a count
+    unmap_vocab_output: bool = False
 
     def glm_config(self, vocab_size: int, model: "ModelOptions", checkpoint_activations: bool = False,
-                   dropout: bool = True, output_predict: bool = True) -> GLMConfig:
-        """The GLMConfig of this architecture over a padded vocabulary of `vocab_size`."""
+                   dropout: bool = True, output_predict: bool = True, num_tokens: Optional[int] = None) -> GLMConfig:
+        """The GLMConfig of this architecture over a padded vocabulary of `vocab_size`;
+        `num_tokens` (the tokenizer's size) resolves a fractional map_vocab_size."""
+        map_rows = map_vocab_rows(self.map_vocab_size, vocab_size if num_tokens is None else num_tokens,
+                                  vocab_size, model.make_vocab_size_divisible_by)
+        if self.map_vocab_size and not map_rows:
+            raise ConfigError(f"--map_vocab_size={self.map_vocab_size} keeps the whole padded vocabulary of "
+                              f"{vocab_size}: give a smaller size, or none")
         return GLMConfig(
+            map_vocab_size=map_rows, unmap_vocab_output=self.unmap_vocab_output,
             num_layers=self.num_layers, hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
             vocab_size=vocab_size, max_sequence_length=self.max_position_embeddings,
             embedding_dropout_prob=model.hidden_dropout if dropout else 0.0,
@@ -166,14 +175,29 @@ class DistillConfig:
     multi_teacher_model: Optional[str] = None
     options: Mapping[str, Any] = field(default_factory=dict)        # the generic distill_* flags
     method_options: Mapping[str, Any] = field(default_factory=dict)  # flags of the chosen method(s)
-    combiner_options: Mapping[str, Any] = field(default_factory=dict)
+    combiner_options: Mapping[str, Any] = field(default_factory=dict)  # flags of the combiner(s)' options
     student_truncate_tn: Optional[int] = None
     mt_has_loss: bool = False
     mt_has_grad: bool = False
+    mt_model_load: Optional[str] = None                              # load the combiner's parameters from it
 
     @property
     def enabled(self) -> bool:
         return self.student_model is not None
+
+
+@dataclass(frozen=True)
+class VocabMapConfig:
+    """Building the student's vocabulary map (spec 3.12; its size is ArchConfig.map_vocab_size).
+
+    build: build it (only when neither --load-pretrained nor --load gives one); teacher_no: the
+    teacher whose word embeddings pick each dropped token's replacement (None: [UNK]); method:
+    decoder, cosine or euclidean; table: the sorted-vocabulary TSV (None: looked up as
+    .pytorch_pretrained_bert/<tokenizer-type>_<tokenizer-model-type>.txt, as the original)."""
+    student_build_map_vocab: bool = False
+    student_map_vocab_tn: Optional[int] = None
+    student_map_vocab_method: str = "decoder"
+    map_vocab_table: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,7 @@ class RunConfig:
     finetune: FinetuneConfig
     distill: DistillConfig
     flags: Mapping[str, Any] = field(default_factory=dict)   # every parsed flag, for the record
+    vocab_map: VocabMapConfig = field(default_factory=VocabMapConfig)
 
     def __post_init__(self):
         if self.stage not in STAGES:

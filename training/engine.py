@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from mpu.data import collective_device
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,49 @@ def build_optimizer(module: torch.nn.Module, lr: float, weight_decay: float, bet
     return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 
+def _broadcast_from_first_data_parallel_rank(tensors) -> None:
+    group = mpu.get_data_parallel_group()
+    source = dist.get_global_rank(group, 0)
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=source, group=group)
+
+
+def _average_gradients(params) -> None:
+    """Average .grad over the data-parallel group, one flat all-reduce per dtype (every rank
+    walks the same parameter list; a gradient missing here but present on another rank is
+    zeros, one missing on every rank stays None)."""
+    group, world_size = mpu.get_data_parallel_group(), mpu.get_data_parallel_world_size()
+    present = torch.tensor([param.grad is not None for param in params], dtype=torch.uint8,
+                           device=collective_device(group))
+    dist.all_reduce(present, op=dist.ReduceOp.MAX, group=group)   # used on some rank: zeros elsewhere
+    synced = [param for param, used in zip(params, present.tolist()) if used]
+    for param in synced:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    by_dtype: Dict[torch.dtype, list] = {}
+    for param in synced:
+        by_dtype.setdefault(param.grad.dtype, []).append(param.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=group)
+        flat /= world_size
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+
 class TorchTrainEngine:
-    """Single process or torch DDP over the data-parallel group, with optional autocast."""
+    """Single process or data parallel over the data-parallel group, with optional autocast.
+
+    Data parallelism is torch DDP, or with `manual_sync` (distillation students, whose
+    auxiliary layers run in the loss outside `forward`, which DDP's reducer does not allow)
+    parameters broadcast from the group's first rank once and gradients averaged over the
+    group at each accumulation boundary (missing gradients count as zeros)."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv,
                  gradient_accumulation_steps: int, clip_grad: float, precision: str = "fp32",
-                 find_unused_parameters: bool = False):
+                 find_unused_parameters: bool = False, manual_sync: bool = False):
         self.module = module.to(env.device)
         self.optimizer = optimizer
         self.env = env
@@ -145,7 +183,11 @@ class TorchTrainEngine:
         self.micro_steps = 0
         self.global_grad_norm: Optional[float] = None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        if mpu.get_data_parallel_world_size() > 1:
+        self.manual_sync = manual_sync and mpu.get_data_parallel_world_size() > 1
+        if self.manual_sync:
+            self.model = self.module
+            _broadcast_from_first_data_parallel_rank(list(self.module.parameters()) + list(self.module.buffers()))
+        elif mpu.get_data_parallel_world_size() > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.module, process_group=mpu.get_data_parallel_group(),
                 device_ids=[env.local_rank] if env.device.type == "cuda" else None,
@@ -182,9 +224,11 @@ class TorchTrainEngine:
         self.micro_steps += 1
         if not boundary:
             return False
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.manual_sync:
+            _average_gradients(params)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.global_grad_norm = mpu.clip_grad_norm(params, self.clip_grad) if self.clip_grad > 0 else None
         if self.scaler:
             self.scaler.step(self.optimizer)

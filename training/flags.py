@@ -312,6 +312,9 @@ FLAGS: Tuple[Flag, ...] = (
                "Teacher whose embeddings pick replacement tokens; None maps dropped tokens to [UNK]."),
         _value("--student_map_vocab_method", str, "decoder", "Similarity that picks replacement tokens.",
                choices=("decoder", "cosine", "euclidean")),
+        _value("--map_vocab_table", str, None,
+               "Sorted-vocabulary table (TSV: origin_no sort_id token number frequency) for "
+               "--student_build_map_vocab; default .pytorch_pretrained_bert/<tokenizer-type>_<model-type>.txt."),
         _switch("--enable_parallel_entropy",
                 "With MP > 1, compute KL/CE/entropy without gathering the full vocabulary."),
         _switch("--distill_ft_soft", "Enable the soft-label term in fine-tuning."),
@@ -610,6 +613,8 @@ FLAGS: Tuple[Flag, ...] = (
         _switch("--rl_kd_only_avg", "Average the teachers without the agent (warm-up stage)."),
         _switch("--rl_kd_wo_hard", "Drop the combiner's built-in hard term."),
         _value("--rl_kd_alpha", float, 0.5, "Weight of the teacher part; the hard term gets 1 - alpha."),
+        _switch("--rl_kd_policy_prob",
+                "This project's addition: the original's policy term -sum(pi) * reward instead of -sum(log pi) * reward."),
     ),
     # ---- mixmt (spec 2.8) ---------------------------------------------------------------------
     *_group(

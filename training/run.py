@@ -20,8 +20,7 @@ from data_utils.tokenization import build_tokenizer, packaged_vocab_path
 from distill.distill_model import DistillOptions, TeacherInfo, build_student
 from distill.analysis import AnalysisOptions
 from distill.random_data import RandomDataOptions
-from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
-from model import GLMModel
+from model import GLMModel, glm_model_of
 from model.checkpoint import TRACKER_FILENAME, atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
 from tasks import Task, TaskConfig
 
@@ -32,9 +31,11 @@ from .data import EpochBatches, PretrainBatches, eval_shards, to_device
 from .ds_config import DeepSpeedSettings, build_deepspeed_config, effective_training_values, write_config_copy
 from .lr_schedule import build_lr_scheduler
 from .metrics_log import MetricsLogger
+from .multi_teacher import build_combiner, method_teacher_infos
 from .stages import FinetuneStage, PretrainStage, gather_predictions
 from .teachers import build_teacher, truncate_teacher_as_student
 from .trainer import LoopSettings, Trainer
+from .vocab_compression import build_student_map, check_maps, student_rows_in_teacher
 
 
 def build_run_tokenizer(cfg: RunConfig):
@@ -79,7 +80,7 @@ def _protect_existing_run(cfg: RunConfig, save_dir: Optional[str]) -> None:
 
 
 # --------------------------------------------------------------------------- stages and data
-def build_pretrain(cfg: RunConfig, tokenizer, env) -> Tuple[PretrainStage, PretrainBatches, Any]:
+def build_pretrain(cfg: RunConfig, tokenizer, env, batch_size: int) -> Tuple[PretrainStage, PretrainBatches, Any]:
     if not cfg.data.train_data:
         raise ConfigError("pretraining needs --train-data (a text or JSONL file, or a folder of them)")
     for path in cfg.data.train_data:
@@ -88,19 +89,19 @@ def build_pretrain(cfg: RunConfig, tokenizer, env) -> Tuple[PretrainStage, Pretr
                               f"'bert-base' are not shipped: pass the path of your text/JSONL corpus)")
     corpus = build_corpus(CorpusConfig(tuple(cfg.data.train_data), text_key=cfg.data.text_key,
                                        split=cfg.data.split, split_seed=cfg.train.seed), tokenizer)
-    train, valid, _ = split_iterators(corpus, cfg.data.seq_length, cfg.train.batch_size, tokenizer.command.cls,
+    train, valid, _ = split_iterators(corpus, cfg.data.seq_length, batch_size, tokenizer.command.cls,
                                       rank=mpu.get_data_parallel_rank(),
                                       world_size=mpu.get_data_parallel_world_size(), seed=cfg.train.seed)
     if train is None:
         raise ConfigError(f"{', '.join(cfg.data.train_data)}: the training split is too small for one batch of "
-                          f"{cfg.train.batch_size} x {mpu.get_data_parallel_world_size()} ranks")
+                          f"{batch_size} x {mpu.get_data_parallel_world_size()} ranks")
     strategy = BlockLMStrategy.from_tokenizer(BlockLMConfig(**cfg.data.block_lm), tokenizer)
     stage = PretrainStage()
     valid_batches = PretrainBatches(valid, strategy, env.device).take(cfg.train.eval_iters) if valid else []
     return stage, PretrainBatches(train, strategy, env.device), valid_batches
 
 
-def build_finetune(cfg: RunConfig, tokenizer, env):
+def build_finetune(cfg: RunConfig, tokenizer, env, batch_size: int):
     ft = cfg.finetune
     if not ft.task or not ft.data_dir:
         raise ConfigError("fine-tuning needs --task and --data-dir")
@@ -110,7 +111,7 @@ def build_finetune(cfg: RunConfig, tokenizer, env):
                            few_superglue=ft.few_superglue, seed=cfg.train.seed), tokenizer)
     stage = FinetuneStage(task, ft.loss_func, ft.length_penalty, cfg.arch.hidden_size, cfg.model.hidden_dropout,
                           ft.pool_token)
-    train = EpochBatches(task.dataset("train"), cfg.train.batch_size, mpu.get_data_parallel_rank(),
+    train = EpochBatches(task.dataset("train"), batch_size, mpu.get_data_parallel_rank(),
                          mpu.get_data_parallel_world_size(), cfg.train.seed, env.device)
     dev = task.dataset("dev")
     return stage, train, dev
@@ -135,17 +136,21 @@ def finetune_evaluator(stage: FinetuneStage, forward, dev, batch_size: int, devi
 
 
 # --------------------------------------------------------------------------- models
-def build_teachers(cfg: RunConfig, stage, vocab_size: int, env) -> List:
+def build_teachers(cfg: RunConfig, stage, vocab_size: int, env, num_tokens: Optional[int] = None) -> List:
     if not cfg.distill.enabled:
         return []
     teachers = []
     for t_no, teacher_cfg in enumerate(cfg.teachers):
         teachers.append(build_teacher(teacher_cfg, stage.head, vocab_size, cfg.model, env.device,
-                                      cfg.arch.max_position_embeddings, log=lambda m, i=t_no: _log(f"[teacher {i}] {m}")))
+                                      cfg.arch.max_position_embeddings, log=lambda m, i=t_no: _log(f"[teacher {i}] {m}"),
+                                      num_tokens=num_tokens))
     return teachers
 
 
-def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool, save_dir: Optional[str] = None):
+def resolve_training_values(cfg: RunConfig) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The DeepSpeed config of the run (the JSON's values win over the command line unless
+    --args_to_ds_config, spec 4.7) and the values the run really uses: (ds_config, values).
+    Resolved before the data, whose micro-batch size it sets."""
     settings = DeepSpeedSettings(
         batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
@@ -157,9 +162,13 @@ def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool
                                               cuda_available=torch.cuda.is_available())
     for note in notes:
         _log(f"note: {note}")
+    return ds_config, effective_training_values(ds_config)
+
+
+def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool, ds_config: Dict[str, Any],
+                 values: Dict[str, Any], save_dir: Optional[str] = None):
     if cfg.distributed.deepspeed and save_dir and env.is_main:
         _log(f"DeepSpeed config: {write_config_copy(ds_config, str(Path(save_dir) / 'deepspeed_config'))}")
-    values = effective_training_values(ds_config)
     module = module.to(env.device)
     optimizer = engines.build_optimizer(module, values["lr"], values["weight_decay"], values["betas"], values["eps"])
     if cfg.distributed.deepspeed:
@@ -167,8 +176,8 @@ def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool
     else:
         precision = "bf16" if values["bf16"] else ("fp16" if values["fp16"] else "fp32")
         engine = engines.TorchTrainEngine(module, optimizer, env, values["gradient_accumulation_steps"],
-                                          values["gradient_clipping"], precision, find_unused_parameters=find_unused)
-    return engine, optimizer, values, ds_config
+                                          values["gradient_clipping"], precision, manual_sync=find_unused)
+    return engine, optimizer
 
 
 def save_weights_fn(ctx: RunContext, module: torch.nn.Module, model_config: Dict):
@@ -188,22 +197,36 @@ def save_weights_fn(ctx: RunContext, module: torch.nn.Module, model_config: Dict
     return save
 
 
-def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env):
-    """Teachers, the student's module (its head over a GLM), its weights, and the method
-    wrapper and combiner: (student_module, student or None, combiner or None, teachers)."""
-    teachers = build_teachers(cfg, stage, vocab_size, env)
+def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env, tokenizer=None):
+    """Teachers, the student's module (its head over a GLM), its weights (and vocabulary map),
+    and the method wrapper and combiner: (student_module, student or None, combiner or None,
+    teachers). `tokenizer` is needed to build a vocabulary map (--student_build_map_vocab)."""
+    num_tokens = tokenizer.num_tokens if tokenizer is not None else None
+    teachers = build_teachers(cfg, stage, vocab_size, env, num_tokens)
     engines.set_random_seed(cfg.train.seed)   # the student's init does not depend on the teachers
     student_module = stage.head(GLMModel(glm_config))
+    student_glm = glm_model_of(student_module)
     if cfg.train.load_pretrained and not cfg.train.load:
         _log(f"--load-pretrained {cfg.train.load_pretrained}: "
              + load_model_weights(student_module, cfg.train.load_pretrained, what="student").summary())
+    if glm_config.map_vocab_size and cfg.vocab_map.student_build_map_vocab:
+        if cfg.train.load_pretrained or cfg.train.load:
+            _log("--student_build_map_vocab: not rebuilt, the map comes with the loaded checkpoint")
+        elif tokenizer is None:
+            raise ConfigError("building a vocabulary map needs the run's tokenizer")
+        else:
+            student_glm.set_vocab_map(build_student_map(cfg, student_glm, tokenizer, teachers, log=_log))
+    if not cfg.train.load:   # with --load the map comes with the resumed weights
+        check_maps(student_module, teachers)
     if cfg.distill.student_truncate_tn is not None and not cfg.train.load:
         source = teachers[cfg.distill.student_truncate_tn].module
+        rows = student_rows_in_teacher(student_glm, glm_model_of(source))
         _log(f"--student_truncate_tn={cfg.distill.student_truncate_tn}: copied "
-             f"{truncate_teacher_as_student(student_module, source)} tensors from the teacher")
+             f"{truncate_teacher_as_student(student_module, source, rows)} tensors from the teacher")
     student = combiner = None
     if cfg.distill.enabled:
         infos = [TeacherInfo(t.arch.num_layers, t.arch.hidden_size, t.arch.num_attention_heads) for t in cfg.teachers]
+        infos = method_teacher_infos(cfg, infos)   # as the method sees them (MT-BERT may project them)
         student = build_student(cfg.distill.student_model, student_module, DistillOptions(**cfg.distill.options), infos,
                                 method_options=cfg.distill.method_options)
         if cfg.train.checkpoint_activations and not student.supports_activation_checkpointing:
@@ -211,8 +234,7 @@ def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env):
                               f"--checkpoint-activations (its interventions need the stored activations); "
                               f"drop --checkpoint-activations")
         student.bind_teachers([teacher.module for teacher in teachers])
-        combiner = build_multi_teacher(cfg.distill.multi_teacher_model, AvgTeacherOptions(**cfg.distill.combiner_options),
-                                       DistillOptions(**cfg.distill.options))
+        combiner = build_combiner(cfg, stage, student, vocab_size, log=_log)   # attached as student.multi_teacher_model
     return student_module, student, combiner, teachers
 
 
@@ -222,20 +244,27 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
                                    cfg.distributed.model_parallel_size)
     ctx = RunContext(cfg, env)
     _protect_existing_run(cfg, ctx.save_dir)
+    ds_config, values = resolve_training_values(cfg)
+    batch_size = values["batch_size"] or cfg.train.batch_size   # the micro-batch per rank
     engines.set_random_seed(cfg.train.seed)
     tokenizer = build_run_tokenizer(cfg)
     vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
                                     mpu.get_model_parallel_world_size())
     _log(tokenizer.describe(cfg.model.make_vocab_size_divisible_by, mpu.get_model_parallel_world_size()))
     if cfg.stage == "pretrain":
-        stage, train_data, valid = build_pretrain(cfg, tokenizer, env)
+        stage, train_data, valid = build_pretrain(cfg, tokenizer, env, batch_size)
     else:
-        stage, train_data, valid = build_finetune(cfg, tokenizer, env)
-    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations)
-    student_module, student, combiner, teachers = build_models(cfg, stage, glm_config, vocab_size, env)
+        stage, train_data, valid = build_finetune(cfg, tokenizer, env, batch_size)
+    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations,
+                                     num_tokens=tokenizer.num_tokens)
+    if glm_config.map_vocab_size:
+        _log(f"vocabulary compression: {glm_config.map_vocab_size} of {vocab_size} embedding rows "
+             f"({(vocab_size - glm_config.map_vocab_size) * glm_config.word_embedding_width:,} parameters fewer)"
+             + (", logits over the kept rows" if glm_config.unmap_vocab_output else ""))
+    student_module, student, combiner, teachers = build_models(cfg, stage, glm_config, vocab_size, env, tokenizer)
     module = student if student is not None else student_module
-    engine, optimizer, values, ds_config = build_engine(cfg, module, env, find_unused=student is not None,
-                                                        save_dir=ctx.save_dir)
+    engine, optimizer = build_engine(cfg, module, env, find_unused=student is not None, ds_config=ds_config,
+                                     values=values, save_dir=ctx.save_dir)
     iters_per_epoch = 0
     if cfg.stage == "finetune":
         iters_per_epoch = max(train_data.batches_per_epoch // values["gradient_accumulation_steps"], 1)
@@ -248,7 +277,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
                                       cfg.optim.warmup, cfg.optim.lr_decay_style, cfg.optim.lr_decay_ratio)
     forward = lambda *inputs: engine(*inputs)
     if cfg.stage == "finetune":
-        evaluate = finetune_evaluator(stage, forward, valid, cfg.train.eval_batch_size or cfg.train.batch_size,
+        evaluate = finetune_evaluator(stage, forward, valid, cfg.train.eval_batch_size or batch_size,
                                       env.device)
     else:
         evaluate = (lambda: stage.evaluate(forward, valid)) if valid else None
@@ -283,6 +312,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     if cfg.train.load:
         trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
                        load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
+        check_maps(student_module, teachers)
     try:
         state = trainer.train()
     finally:

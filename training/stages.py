@@ -45,7 +45,7 @@ class PretrainStage:
         return batch["text"], batch["position_id"], batch["attention_mask"]
 
     def hard_loss(self, output: ModelOutput, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        return _per_sample_lm_loss(output.logits, batch["target"], batch["loss_mask"])
+        return _per_sample_lm_loss(output.logits, output.to_columns(batch["target"]), batch["loss_mask"])
 
     def distill_batch(self, batch) -> DistillBatch:
         return DistillBatch(stage="pretrain", loss_mask=batch["loss_mask"], labels=batch["target"],
@@ -103,7 +103,7 @@ class FinetuneStage:
 
     def hard_loss(self, output: ModelOutput, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.kind == GENERATIVE:
-            return _per_sample_lm_loss(output.logits, batch["target"], batch["logit_mask"])
+            return _per_sample_lm_loss(output.logits, output.to_columns(batch["target"]), batch["logit_mask"])
         logits, labels = output.logits.float(), batch["label"]
         if self.task.spec.regression:
             per_sample = (logits.view(-1) - labels.float()) ** 2
@@ -139,7 +139,7 @@ class FinetuneStage:
         """Predictions of one collated batch of `samples`."""
         output = forward(*self.model_inputs(batch))
         if self.kind == GENERATIVE:
-            argmax = mpu.gather_from_model_parallel_region(output.logits).argmax(dim=-1)      # [B, S]
+            argmax = output.to_ids(mpu.gather_from_model_parallel_region(output.logits).argmax(dim=-1))  # [B, S]
             return [self.task.predict_generative(s, ids.tolist()) for s, ids in zip(samples, argmax)]
         scores = output.logits.float().cpu()
         return [self.task.predict(s, row.tolist()) for s, row in zip(samples, scores)]

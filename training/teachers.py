@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 import mpu
 from model import GLMModel, ModelOutput
+from model.glm import MAP_BUFFERS
 from mpu.partition import PartitionSpec, get_partition_spec, merge_tensors, shard_of
 
 from .checkpointing import canonical_key, load_model_weights
@@ -34,11 +35,13 @@ def teacher_dtype(half_precision: bool, device: torch.device) -> torch.dtype:
 
 
 def build_teacher(config: TeacherConfig, head: Callable[[GLMModel], torch.nn.Module], vocab_size: int,
-                  model: ModelOptions, device: torch.device, student_max_positions: int, log=print) -> Teacher:
+                  model: ModelOptions, device: torch.device, student_max_positions: int, log=print,
+                  num_tokens: Optional[int] = None) -> Teacher:
+    """`num_tokens` (the tokenizer's size) resolves a fractional teacher map_vocab_size."""
     arch = config.arch
     if arch.max_position_embeddings < student_max_positions:   # spec 2.7: raised to the student's
         arch = ArchConfig(**{**arch.__dict__, "max_position_embeddings": student_max_positions})
-    glm = GLMModel(arch.glm_config(vocab_size, model, dropout=False))
+    glm = GLMModel(arch.glm_config(vocab_size, model, dropout=False, num_tokens=num_tokens))
     module = head(glm)
     if config.random_para:
         log(f"teacher {config.load_pretrained}: random weights (--teacher_random_para)")
@@ -52,7 +55,7 @@ def build_teacher(config: TeacherConfig, head: Callable[[GLMModel], torch.nn.Mod
     return Teacher(module, config, dtype)
 
 
-def _full_tensor(tensor: torch.Tensor, spec: Optional[PartitionSpec]) -> torch.Tensor:
+def full_tensor(tensor: torch.Tensor, spec: Optional[PartitionSpec]) -> torch.Tensor:
     """All-gather a model-parallel shard into the full tensor (replicated ones as they are)."""
     world_size = mpu.get_model_parallel_world_size()
     if spec is None or world_size == 1:
@@ -63,25 +66,30 @@ def _full_tensor(tensor: torch.Tensor, spec: Optional[PartitionSpec]) -> torch.T
 
 
 @torch.no_grad()
-def truncate_teacher_as_student(student: torch.nn.Module, teacher: torch.nn.Module) -> int:
+def truncate_teacher_as_student(student: torch.nn.Module, teacher: torch.nn.Module,
+                                embedding_rows: Optional[torch.Tensor] = None) -> int:
     """--student_truncate_tn (spec 3.32): copy every teacher tensor whose key the student has;
     equal shapes whole, different shapes their leading block along every dimension (computed
     on the full, unsharded tensors, so the result does not depend on the MP size). Student
-    layer i receives teacher layer i. Returns the number of tensors copied."""
+    layer i receives teacher layer i. A vocabulary-compressed student's word-embedding row j
+    receives the teacher's row embedding_rows[j] (`vocab_compression.student_rows_in_teacher`).
+    Returns the number of tensors copied."""
     teacher_state = {canonical_key(k): v for k, v in teacher.state_dict(keep_vars=True).items()}
     world_size, rank = mpu.get_model_parallel_world_size(), mpu.get_model_parallel_rank()
     copied = 0
     for key, target in student.state_dict(keep_vars=True).items():
         source = teacher_state.get(canonical_key(key))
-        if source is None:
+        if source is None or canonical_key(key) in MAP_BUFFERS:   # the student's vocabulary map is its own
             continue
         spec = get_partition_spec(target)
-        full_source = _full_tensor(source.detach(), get_partition_spec(source))
+        full_source = full_tensor(source.detach(), get_partition_spec(source))
+        if embedding_rows is not None and canonical_key(key) == "word_embeddings.weight":
+            full_source = full_source[embedding_rows.to(full_source.device)]
         full_shape = list(target.shape)
         if spec is not None:
             full_shape[spec.dim] *= world_size
         block = torch.empty(full_shape, dtype=target.dtype)
-        block.copy_(_full_tensor(target.detach(), spec).cpu())
+        block.copy_(full_tensor(target.detach(), spec).cpu())
         common = tuple(slice(0, min(a, b)) for a, b in zip(full_shape, full_source.shape))
         block[common] = full_source[common].to(block.dtype).cpu()
         target.data.copy_(shard_of(block, spec, rank, world_size) if spec is not None else block)

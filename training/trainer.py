@@ -105,7 +105,8 @@ class Trainer:
         analysed = self._analysed(step)
         extra_student, extra_teachers = (analysis_taps(self.student, step, self.settings.analysis) if analysed
                                          else ([], [[] for _ in self.teachers]))
-        output = self.engine(*inputs, taps=_union(self.student.student_taps(step), extra_student),
+        output = self.engine(*inputs, taps=_union(self.student.student_taps(step), self.student.base_taps("student"),
+                                                  extra_student),
                              interventions=self.student.student_interventions(step))
         hard, hard_per_sample = self.stage.hard_loss(output, batch)
         teacher_outputs, teacher_hard = [], []
@@ -114,7 +115,9 @@ class Trainer:
                 teacher_outputs.append(None)
                 teacher_hard.append(None)
                 continue
-            t_out = teacher(*inputs, taps=_union(self.student.teacher_taps(t_no, step), extra_teachers[t_no]),
+            method_taps = self.combiner.teacher_taps(t_no, self.student.teacher_taps(t_no, step))   # RL-KD: semantic
+            t_out = teacher(*inputs, taps=_union(method_taps, self.student.base_taps("teacher"),
+                                                 extra_teachers[t_no]),
                             interventions=self.student.teacher_interventions(t_no, step))
             teacher_outputs.append(t_out)
             teacher_hard.append(self.stage.hard_loss(t_out, batch) if self.settings.mt_has_loss else None)
@@ -122,7 +125,8 @@ class Trainer:
                                                   + step.repeat_index)
         loss, metrics = self.combiner.compute(self.student, output, hard, teacher_outputs,
                                               self.stage.distill_batch(batch), step,
-                                              t_hard_losses=teacher_hard, generator=generator)
+                                              t_hard_losses=teacher_hard, generator=generator,
+                                              s_hard_per_sample=hard_per_sample)
         metrics = {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
         metrics.update(loss=loss.detach(), hard=hard.detach())
         if analysed:
@@ -276,6 +280,7 @@ class Trainer:
         state = {"iteration": self.state.iteration, "train_state": asdict(self.state),
                  "data": self.data.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                  "method": self.student.method_state() if self.student is not None else {},
+                 "combiner": self.combiner.combiner_state() if self.combiner is not None else {},
                  **self.client_extras}
         if self.settings.save_rng:
             state["rng"] = rng_state()
@@ -297,6 +302,8 @@ class Trainer:
             self.lr_scheduler.load_state_dict(client["lr_scheduler"])
         if self.student is not None:
             self.student.load_method_state(client.get("method", {}))
+        if self.combiner is not None:
+            self.combiner.load_combiner_state(client.get("combiner", {}))
         if load_rng and "rng" in client:
             set_rng_state(client["rng"])
         self.logger.write_line(f"resumed from {load_dir} at iteration {self.state.iteration}")
