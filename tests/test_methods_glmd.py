@@ -169,8 +169,6 @@ def test_options_are_the_flags_of_the_table():
     defaults = {flag.name[2:]: flag.default for flag in FLAGS if flag.group == "logitsdistil"}
     assert {f.name: f.default for f in fields(LogitsDistilOptions)} == defaults
     assert STUDENT_MODELS["logitsdistil"].options_class is LogitsDistilOptions
-    with pytest.raises(ValueError, match="vocabulary compression"):
-        LogitsDistilOptions(logitsdistil_teacher_input_ids_map=True)
     with pytest.raises(ValueError, match="top_n"):
         LogitsDistilOptions(logitsdistil_top_n=0.0)
     with pytest.warns(UserWarning, match="teacher_min"):

