@@ -18,6 +18,7 @@ from model import GLMConfig, GLMModel, ModelOutput
 from model.checkpoint import load_model_shard, model_states, save_model_shard
 from model.vocab_map import (VocabMap, VocabTableError, build_vocab_map, map_vocab_rows, read_vocab_table,
                              replacement_ids, sorted_order, write_vocab_table)
+from test_methods_glmd import ref_loss
 from training.checkpointing import load_model_weights
 from training.config import ConfigError
 from training.vocab_compression import protect_ids
@@ -220,21 +221,9 @@ def _kl(s, t, temperature):
     return temperature ** 2 * kl.mean()
 
 
-def _ref(s, t, temperature, mse=False, top_n=None, teacher_min=False):
-    """Full-tensor reference over the given columns only (no row mask)."""
-    hinge = 0.0
-    if top_n is not None:
-        top = t.topk(top_n, dim=-1)
-        if teacher_min:
-            t = torch.where(t >= top.values[..., -1:], t, t.min())
-        else:
-            s_top = s.gather(-1, top.indices)
-            others = torch.ones_like(s, dtype=torch.bool).scatter(-1, top.indices, False)
-            h = torch.relu(s - s_top.min(-1, keepdim=True).values)
-            picked = h[others & (h > 0)]
-            hinge = picked.mean() if picked.numel() else 0.0
-            s, t = s_top, top.values
-    return (F.mse_loss(s, t) if mse else _kl(s, t, temperature)) + hinge
+def _ref(s, t, temperature, **options):
+    """test_methods_glmd's full-tensor reference over the given columns only (no row mask)."""
+    return ref_loss(s, t, torch.ones(s.shape[:-1]), temperature, **options)
 
 
 LOSS_CASES = [  # (label, unmap, loss options, reference options)
