@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from model.checkpoint import (CheckpointError, PathLike, list_shards, load_file, read_tracker, shard_filename,
-                              atomic_torch_save, write_tracker)
+from model.checkpoint import (CheckpointError, PathLike, atomic_torch_save, check_all_shards_present, list_shards,
+                              load_file, read_tracker, shard_filename, write_tracker)
 from model.config import GLMConfig
 from mpu import PartitionSpec, merge_tensors, shard_of
 
@@ -100,11 +100,7 @@ def change_mp(checkpoint_dir: PathLike, target_mp: int, overwrite: bool = False)
     tag = read_tracker(checkpoint_dir)
     shard_paths = list_shards(Path(checkpoint_dir) / tag)
     shards = [load_file(path) for path in shard_paths]  # memory-mapped: cheap until tensors are read
-    recorded = shards[0].get("mp_world_size", len(shards))
-    if recorded != len(shards):
-        raise CheckpointError(f"{Path(checkpoint_dir) / tag} holds {len(shards)} shard files but was written at "
-                              f"model parallel size {recorded}: the shards of ranks "
-                              f"{list(range(len(shards), recorded))} are missing")
+    check_all_shards_present(shards[0], shard_paths)
     if len(shards) == target_mp:
         print(f"{checkpoint_dir} already has model parallel size {target_mp}; nothing to do")
         return None

@@ -2,7 +2,7 @@
 
     python vocab_sort.py --train-data=FILE [FILE ...] --tokenizer-type=BertWordPieceTokenizer \\
         --tokenizer-model-type=bert-base-uncased [--tokenizer-path=VOCAB] [--text-key=text] \\
-        [--task-mask] [--decoder-mask] [--output=PATH]
+        [--task-mask] [--decoder-mask] [--output=PATH] [--overwrite]
 
 Counts the tokens of the corpus (text files with one document per line, JSONL files with the
 document under --text-key, or folders of them) and writes a TSV with the header
@@ -11,7 +11,11 @@ verbalizer tokens of the single-token task patterns) first, then the rest, each 
 count. The default output is .pytorch_pretrained_bert/<tokenizer-type>_<tokenizer-model-type>.txt,
 where a training run with --student_build_map_vocab looks for it. Pass --task-mask /
 --decoder-mask when the run does (--task-mask / --block-mask-prob), so that the optional command
-tokens exist and are protected. Nothing is written on error (exit code 1).
+tokens exist and are protected. An existing table (at the default place or --output) is never
+replaced silently: the run stops before counting, with exit code 1 and the file untouched,
+unless --overwrite. The table is written to a temporary file that is then renamed over the
+target, so it is either the old or the new table, never half of one. Nothing is written on
+error (exit code 1).
 The logic is in data_utils/vocab_sort.py.
 """
 import argparse
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-mask", action="store_true", help="add (and protect) [dBLOCK]")
     parser.add_argument("--output", default=None,
                         help=f"the table (default: {TABLE_FOLDER}/<tokenizer-type>_<tokenizer-model-type>.txt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the table if it exists (default: refuse, exit code 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -56,7 +62,8 @@ def vocab_sort(args: argparse.Namespace) -> Path:
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a folder; name the table file")
     corpus = CorpusConfig(tuple(args.train_data), text_key=args.text_key)
-    summary = build_vocab_table(corpus, tokenizer, output, progress=None if not args.quiet else False)
+    summary = build_vocab_table(corpus, tokenizer, output, progress=None if not args.quiet else False,
+                                overwrite=args.overwrite)
     print(summary.describe())
     return output
 

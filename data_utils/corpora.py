@@ -9,11 +9,17 @@ Suffixes: ``.jsonl``/``.json`` are JSONL, ``.txt``/``.text`` plain text.
 ``cache_dir`` (default: a ``.glm_cache`` folder next to the first source). The store's name
 holds a key over the tokenizer's fingerprint, each source file's path, size and mtime, and the
 reading options, so a changed tokenizer or file builds a new store; an unchanged one is reused.
+When that folder cannot be written (a read-only data folder), the store goes under the per-user
+``$XDG_CACHE_HOME/glmkd/corpora`` (default ``~/.cache/glmkd/corpora``) and ``Corpus.note`` says so.
+
+Sources are read strictly: a line that is not UTF-8, or a binary file, raises
+``CorpusFormatError`` naming ``path:line`` and the byte offset before any token is cached.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
@@ -21,6 +27,7 @@ from typing import Iterator, Literal, Optional, Sequence
 import numpy as np
 
 from data_utils.indexed_dataset import FORMAT_VERSION, IndexedTokens, write_indexed_tokens
+from data_utils.text_files import iter_lines
 from data_utils.tokenization import GLMTokenizer
 
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -30,6 +37,11 @@ ENCODE_CHUNK = 256  # documents tokenised per batch
 
 class CorpusFormatError(ValueError):
     """A malformed source file; the message names the file and line."""
+
+
+class CorpusCacheError(ValueError):
+    """No writable folder for the token cache; the message names the folders and the fix.
+    A ValueError, so the entry points report it as a run-time error."""
 
 
 @dataclass(frozen=True)
@@ -92,37 +104,36 @@ def list_corpus_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def iter_jsonl_documents(path: Path, text_key: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusFormatError(f"{path}:{number}: malformed JSON ({error.msg})") from None
-            if not isinstance(record, dict) or text_key not in record:
-                raise CorpusFormatError(f"{path}:{number}: no text key {text_key!r} in the record")
-            if not isinstance(record[text_key], str):
-                raise CorpusFormatError(f"{path}:{number}: {text_key!r} is "
-                                        f"{type(record[text_key]).__name__}, not a string")
-            yield record[text_key]
+    """The ``text_key`` field of each JSON line; a bad line raises naming ``path:line``."""
+    for number, line in iter_lines(path, CorpusFormatError):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CorpusFormatError(f"{path}:{number}: malformed JSON ({error.msg})") from None
+        if not isinstance(record, dict) or text_key not in record:
+            raise CorpusFormatError(f"{path}:{number}: no text key {text_key!r} in the record")
+        if not isinstance(record[text_key], str):
+            raise CorpusFormatError(f"{path}:{number}: {text_key!r} is "
+                                    f"{type(record[text_key]).__name__}, not a string")
+        yield record[text_key]
 
 
 def iter_text_documents(path: Path, unit: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as lines:
-        paragraph: list[str] = []
-        for line in lines:
-            line = line.rstrip("\n")
-            if unit == "line":
-                if line.strip():
-                    yield line
-            elif line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                yield "\n".join(paragraph)
-                paragraph = []
-        if paragraph:
+    """Non-empty lines (``unit="line"``) or blank-line-separated paragraphs of ``path``."""
+    paragraph: list[str] = []
+    for _, line in iter_lines(path, CorpusFormatError):
+        if unit == "line":
+            if line.strip():
+                yield line
+        elif line.strip():
+            paragraph.append(line)
+        elif paragraph:
             yield "\n".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield "\n".join(paragraph)
 
 
 def iter_documents(config: CorpusConfig) -> Iterator[str]:
@@ -143,20 +154,61 @@ def corpus_cache_key(config: CorpusConfig, tokenizer: GLMTokenizer) -> str:
 
 
 def corpus_cache_dir(config: CorpusConfig, tokenizer: GLMTokenizer) -> Path:
-    """The store folder this corpus and tokenizer map to."""
+    """The store folder this corpus and tokenizer map to, before any fallback."""
     first = Path(config.paths[0])
     root = Path(config.cache_dir) if config.cache_dir else (
         (first if first.is_dir() else first.parent) / ".glm_cache")
     return root / f"{first.stem or 'corpus'}-{corpus_cache_key(config, tokenizer)}"
 
 
+def user_cache_root() -> Path:
+    """The per-user fallback root: ``$XDG_CACHE_HOME/glmkd/corpora`` (``~/.cache/...``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glmkd" / "corpora"
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be created or written: its nearest existing ancestor is a writable
+    folder (``os.access`` also says no on a read-only file system)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    return False
+
+
+def _usable(directory: Path) -> bool:
+    """A store folder holds a built store already, or can be written."""
+    return (directory / "meta.json").is_file() or _writable(directory)
+
+
+def resolve_cache_dir(config: CorpusConfig, tokenizer: GLMTokenizer) -> tuple[Path, Optional[str]]:
+    """(store folder, note). The default folder when it holds the store or can be written; else,
+    unless ``cache_dir`` was given, the same store name under ``user_cache_root()`` with a
+    one-line note saying so. Neither usable: ``CorpusCacheError`` naming both folders."""
+    directory = corpus_cache_dir(config, tokenizer)
+    if _usable(directory):
+        return directory, None
+    if config.cache_dir:
+        raise CorpusCacheError(f"the corpus token cache folder {directory.parent} is not writable: "
+                               f"make it writable or pass a writable cache_dir")
+    fallback = user_cache_root() / directory.name
+    if _usable(fallback):
+        return fallback, (f"{directory.parent} is not writable; the corpus token cache is in "
+                          f"{fallback} instead")
+    raise CorpusCacheError(
+        f"no writable folder for the corpus token cache: neither {directory.parent} (next to the "
+        f"corpus) nor {fallback.parent} (per user) can be written; make one of them writable, "
+        f"or set XDG_CACHE_HOME to a writable folder (the cache goes to $XDG_CACHE_HOME/glmkd/corpora)")
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """A built corpus: the token store, its folder and whether it came from the cache."""
+    """A built corpus: the token store, its folder, whether it came from the cache, and a note
+    when the folder is not the default one (print it: ``note: {corpus.note}``)."""
     config: CorpusConfig
     documents: IndexedTokens
     directory: Path
     cache_hit: bool
+    note: Optional[str] = None  # one line for the caller to print, e.g. the cache fell back
 
     def splits(self) -> list[np.ndarray]:
         """[train, valid, test] document indices by ``config.split``/``split_seed``."""
@@ -180,11 +232,11 @@ def build_corpus(config: CorpusConfig, tokenizer: GLMTokenizer) -> Corpus:
     In a multi-process run, call this on one rank first (then a barrier) so the others hit
     the cache; concurrent builds are safe but wasteful.
     """
-    directory = corpus_cache_dir(config, tokenizer)
+    directory, note = resolve_cache_dir(config, tokenizer)
     if (directory / "meta.json").is_file():
-        return Corpus(config, IndexedTokens(directory), directory, cache_hit=True)
+        return Corpus(config, IndexedTokens(directory), directory, cache_hit=True, note=note)
     meta = {"tokenizer": tokenizer.fingerprint, "sources": [str(p) for p in config.paths],
             "text_key": config.text_key, "plain_text_unit": config.plain_text_unit}
     write_indexed_tokens(directory, _encode_documents(config, tokenizer),
                          vocab_size=tokenizer.num_tokens, meta=meta)
-    return Corpus(config, IndexedTokens(directory), directory, cache_hit=False)
+    return Corpus(config, IndexedTokens(directory), directory, cache_hit=False, note=note)

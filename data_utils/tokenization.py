@@ -16,6 +16,10 @@ With ``add_task_mask=True`` (the original's ``--task-mask``) ``[gMASK]`` and ``[
 appended; otherwise ``CommandTokens.gmask``/``smask`` are None. With ``add_decoder_mask=True``
 (needed by ``--block-mask-prob``) ``[dBLOCK]`` is appended last, as in the original.
 
+Vocabulary files are checked before use: an empty file, a line that is not UTF-8 (named as
+``path:line`` with its byte offset), a binary file or malformed JSON raises
+``VocabularyFormatError`` naming the file.
+
 Command-token strings inside the text (``"[MASK]"``, ``"<|startofpiece|>"``) are encoded as
 the command token, like the original's ``EncodeAsIds``.
 """
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from data_utils.vocab_files import (  # noqa: F401 (VocabularyFormatError is re-exported)
+    VocabularyFormatError, check_gpt2_files, check_wordpiece_vocab, load_sentencepiece)
 from mpu.utils import pad_vocab_size
 
 SOP_TOKEN = "<|startofpiece|>"
@@ -196,6 +202,7 @@ class BertWordPieceTokenizer(_HFBackedTokenizer):
         if path.is_dir():
             path = path / "vocab.txt"
         _require_file(path, f"{model_type} vocabulary (vocab.txt)", _BERT_HINT)
+        check_wordpiece_vocab(path)
         if lower_case is None:
             lower_case = "-cased" not in model_type
         self.model_type = model_type
@@ -246,6 +253,7 @@ class GPT2BPETokenizer(_HFBackedTokenizer):
         if model_type not in GPT2_MODEL_TYPES:
             raise ValueError(f"unknown GPT-2 model type {model_type!r}; known: {GPT2_MODEL_TYPES}")
         encoder, merges = _find_gpt2_files(Path(vocab_path))
+        check_gpt2_files(encoder, merges)
         self.model_type = model_type
         self._backend = _Backend(str(encoder), str(merges))
         eos = self._id("<|endoftext|>")
@@ -277,10 +285,9 @@ class SentencePieceTokenizer(GLMTokenizer):
 
     def __init__(self, vocab_path: str | Path, model_type: str = "sentencepiece",
                  add_task_mask: bool = False, add_decoder_mask: bool = False):
-        import sentencepiece
         path = _require_file(Path(vocab_path), "SentencePiece model (.model)", _SP_HINT)
         self.model_type = model_type
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self._sp = load_sentencepiece(path)
         num_pieces = self._sp.get_piece_size()
         appended = [] if self._sp.eos_id() >= 0 else ["<|endoftext|>"]
         appended += [SOP_TOKEN, EOP_TOKEN, "[CLS]", "[MASK]", "[SEP]"]

@@ -9,13 +9,16 @@ is taken as written (``" Yes"``, which matters for BPE tokenizers), without its 
 lower-cased; a word of several tokens protects each of them.
 
 The file is written with ``model.vocab_map.write_vocab_table`` (TSV header
-``origin_no sort_id token number frequency``), only after the whole corpus was counted.
+``origin_no sort_id token number frequency``; a temporary file renamed over the target, so a
+reader never sees half a table), only after the whole corpus was counted. An existing table is
+never replaced silently: ``build_vocab_table`` refuses it (before counting) unless ``overwrite``.
 Command line: ``python vocab_sort.py --train-data=FILE ... --output=PATH`` (or
 ``python -m data_utils.vocab_sort``).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
@@ -138,15 +141,24 @@ def table_token(tokenizer: GLMTokenizer, id: int) -> str:
     return token
 
 
+def check_can_write(output: str | Path, overwrite: bool) -> None:
+    """Raise FileExistsError (naming the file and ``--overwrite``) when ``output`` exists and
+    ``overwrite`` is False."""
+    if not overwrite and os.path.lexists(output):
+        raise FileExistsError(f"the table {output} already exists; pass --overwrite to replace it")
+
+
 def build_vocab_table(corpus: CorpusConfig, tokenizer: GLMTokenizer, output: str | Path,
-                      progress: Optional[bool] = False) -> VocabSortSummary:
+                      progress: Optional[bool] = False, overwrite: bool = False) -> VocabSortSummary:
     """Count ``corpus`` with ``tokenizer`` and write the sorted-vocabulary table to ``output``.
 
     ``progress``: a tqdm bar over documents (None: only on a terminal). Raises
+    FileExistsError when ``output`` exists and not ``overwrite`` (checked before counting),
     FileNotFoundError for a missing source, ``CorpusFormatError`` for a malformed one and
     ``EmptyCorpusError`` when there is nothing to count; nothing is written then.
     """
     from tqdm import tqdm
+    check_can_write(output, overwrite)
     sources = [str(path) for path in list_corpus_files(corpus.paths)]
     documents = tqdm(iter_documents(corpus), desc="counting tokens", unit=" docs",
                      disable=None if progress is None else not progress)

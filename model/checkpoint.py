@@ -13,9 +13,9 @@ import os
 import pickle
 import re
 import tempfile
-import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -24,6 +24,9 @@ from mpu import partition_specs
 PathLike = Union[str, os.PathLike]
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 _SHARD_PATTERN = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+# A tag names a folder inside the checkpoint folder: no separators, no "..", not absolute.
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")   # in torch's "Unsupported global: GLOBAL x.y ..." messages
 
 
 class CheckpointError(RuntimeError):
@@ -66,9 +69,12 @@ def read_tracker(checkpoint_dir: PathLike) -> str:
     if not tracker.is_file():
         raise CheckpointError(f"{tracker} is missing: {checkpoint_dir} is not a complete checkpoint "
                               f"(the tracker is written last, after every shard)")
-    tag = tracker.read_text().strip()
+    tag = tracker.read_text(encoding="utf-8", errors="replace").strip()
     if not tag:
         raise CheckpointError(f"{tracker} is empty")
+    if not _TAG_PATTERN.match(tag):
+        raise CheckpointError(f"{tracker} names the tag {tag[:100]!r}, which is not a folder inside {checkpoint_dir} "
+                              f"(a tag is a plain name such as 'best' or '1000': no '/', '..' or absolute path)")
     return tag
 
 
@@ -90,21 +96,43 @@ def list_shards(tag_dir: PathLike) -> List[Path]:
     return [ranks[rank] for rank in sorted(ranks)]
 
 
-def load_file(path: PathLike) -> Dict[str, Any]:
-    """torch.load, memory-mapped, with `weights_only=True`; falls back to a full unpickle
-    (with a warning) for files holding other Python objects (e.g. older DeepSpeed client state)."""
+def verify_archive(path: PathLike) -> bool:
+    """Check every record of a torch.save zip archive against the CRC-32 stored with it (bit rot,
+    an interrupted copy); False for a file that is not a zip archive (the legacy format)."""
+    if not zipfile.is_zipfile(path):
+        return False
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        pass
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: its record {damaged} does not match the checksum written with "
+                              f"it (bit rot or an incomplete copy); restore the file from a good copy")
+    return True
+
+
+def _offending_global(error: Exception) -> str:
+    found = _UNSAFE_GLOBAL.search(str(error))
+    return found.group(1) if found else str(error).strip().splitlines()[-1][:200]
+
+
+def load_file(path: PathLike, safe_types: Sequence[type] = ()) -> Dict[str, Any]:
+    """A checkpoint file read without running code: its checksums verified, then torch.load
+    with `weights_only=True` (tensors, numbers, strings, containers; plus `safe_types`, plain
+    data classes such as DeepSpeed's optimizer-state records), memory-mapped. A file whose
+    unpickling needs anything else is refused, naming the file and the offending global."""
+    is_zip = verify_archive(path)
+    try:
+        with torch.serialization.safe_globals(list(safe_types)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"refused to load {path}: it holds {_offending_global(error)}, which unpickling "
+                              f"would have to import and run as code. Checkpoints are read with "
+                              f"weights_only=True (tensors, numbers, strings and containers); re-save the "
+                              f"file's tensors as a plain state dict if you trust it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from error
-    try:
-        result = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from error
-    warnings.warn(f"{path} holds objects beyond tensors and containers; it was loaded with weights_only=False")
-    return result
+        raise CheckpointError(f"cannot read {path} (corrupt or truncated?): {error}") from None
 
 
 def model_states(module: torch.nn.Module, mp_world_size: int, model_config: Optional[Dict] = None,
@@ -128,10 +156,23 @@ def save_model_shard(checkpoint_dir: PathLike, tag: Union[str, int], mp_rank: in
     return path
 
 
+def check_all_shards_present(states: Dict[str, Any], shards: List[Path]) -> None:
+    """Raise naming the missing files when `states` (read from one of `shards`) records a
+    model-parallel size larger than the number of shard files found."""
+    recorded = states.get("mp_world_size", len(shards))
+    if isinstance(recorded, int) and recorded != len(shards):
+        tag_dir = shards[0].parent
+        missing = [shard_filename(rank) for rank in range(len(shards), recorded)] if recorded > len(shards) else []
+        raise CheckpointError(f"{tag_dir} was written at model parallel size {recorded} but holds {len(shards)} shard "
+                              f"file(s)" + (f": missing {', '.join(missing)}" if missing else ""))
+
+
 def load_model_shard(checkpoint_dir: PathLike, mp_rank: int, tag: Optional[str] = None) -> Dict[str, Any]:
     tag = tag or read_tracker(checkpoint_dir)
     shards = list_shards(Path(checkpoint_dir) / tag)
     if mp_rank >= len(shards):
         raise CheckpointError(f"{checkpoint_dir} has {len(shards)} model-parallel shards; rank {mp_rank} has none "
                               f"(reshard it with change_mp.py)")
-    return load_file(shards[mp_rank])
+    states = load_file(shards[mp_rank])
+    check_all_shards_present(states, shards)
+    return states

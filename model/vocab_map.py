@@ -22,6 +22,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from data_utils.text_files import read_lines
+
 TABLE_HEADER = ("origin_no", "sort_id", "token", "number", "frequency")
 SIMILARITY_METHODS = ("decoder", "cosine", "euclidean")
 NO_MAP = -1   # the value of every map entry before a map is built or loaded
@@ -50,8 +52,10 @@ def read_vocab_table(path: str) -> VocabTable:
     if not Path(path).is_file():
         raise VocabTableError(f"{path}: no such vocabulary table "
                               f"(build one with `python vocab_sort.py --train-data=CORPUS ...`)")
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
+    lines = read_lines(path, VocabTableError)  # not UTF-8 / binary: path:line and byte offset
+    if not any(line.strip() for line in lines):
+        raise VocabTableError(f"{path} is empty: expected the header {' '.join(TABLE_HEADER)} "
+                              f"(tab-separated) and one row per token")
     if tuple(lines[0].rstrip("\r").split("\t")) != TABLE_HEADER:
         raise VocabTableError(f"{path}:1: the header must be {' '.join(TABLE_HEADER)} (tab-separated), "
                               f"got {lines[0][:80]!r}")

@@ -1,8 +1,9 @@
 """Task examples and the strict readers for the official JSONL (SuperGLUE) and TSV (GLUE) files.
 
 Bad data never disappears silently: a malformed line, a missing field or a row with the wrong
-number of columns raises ``DataFormatError`` naming the file and the (1-based) line; an unknown
-label raises ``DataFormatError`` listing the valid labels.
+number of columns raises ``DataFormatError`` naming the file and the (1-based) line; so does a
+line that is not UTF-8 (with its byte offset) or a binary file. An unknown label raises
+``DataFormatError`` listing the valid labels.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
+
+from data_utils.text_files import iter_lines, read_lines
 
 SPLITS = ("train", "dev", "test")
 
@@ -71,7 +74,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[Where, dict]]:
     Trailing blank lines are allowed (a final newline or none); a blank line followed by more
     data is an error.
     """
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    lines = read_lines(path, DataFormatError)
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, start=1):
@@ -110,20 +113,20 @@ def read_tsv(path: Path, columns: Optional[Sequence[str]] = None
     ``columns`` names its fields. Every row must have exactly as many fields as columns. Fields
     are split on tabs only (no quoting), as the GLUE files need.
     """
-    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: MRPC has a BOM
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        start = 1
-        if columns is None:
-            header = next(reader, None)
-            if header is None:
-                raise Where(path, 1).error("empty file, expected a header line")
-            columns, start = header, 2
-        for number, row in enumerate(reader, start=start):
-            where = Where(path, number)
-            if len(row) != len(columns):
-                raise where.error(f"expected {len(columns)} tab-separated fields "
-                                  f"({list(columns)}), got {len(row)}")
-            yield where, dict(zip(columns, row))
+    lines = iter_lines(path, DataFormatError)  # strips a BOM (MRPC has one)
+    reader = csv.reader((text for _, text in lines), delimiter="\t", quoting=csv.QUOTE_NONE)
+    start = 1
+    if columns is None:
+        header = next(reader, None)
+        if header is None:
+            raise Where(path, 1).error("empty file, expected a header line")
+        columns, start = header, 2
+    for number, row in enumerate(reader, start=start):
+        where = Where(path, number)
+        if len(row) != len(columns):
+            raise where.error(f"expected {len(columns)} tab-separated fields "
+                              f"({list(columns)}), got {len(row)}")
+        yield where, dict(zip(columns, row))
 
 
 def tsv_field(row: dict[str, str], column: str, where: Where) -> str:

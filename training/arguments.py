@@ -109,6 +109,7 @@ def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
         used.update({f"mt_{name}", f"teacher_{name}"})
         text = values.get(f"mt_{name}")
         lists[name] = _split_list(f"mt_{name}", text, cast) if text not in (None, "") else []
+    from_mt_lists = {name for name, items in lists.items() if items}
     count = max(len(items) for items in lists.values())
     if count == 0:
         if values.get("teacher_load_pretrained") is None and not values.get("teacher_random_para"):
@@ -142,8 +143,11 @@ def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
         path = lists["load_pretrained"][i]
         if not path and not values.get("teacher_random_para"):
             raise ConfigError(f"teacher {i} has no checkpoint: give --teacher_load_pretrained or --mt_load_pretrained")
+        flag_names = {name: f"--mt_{name} (teacher {i})" if name in from_mt_lists else f"--teacher_{name}"
+                      for name in ("num_layers", "hidden_size", "num_attention_heads")}
         teachers.append(TeacherConfig(arch, path or None, random_para=bool(values.get("teacher_random_para")),
-                                      half_precision=bool(values.get("teacher_fp16")), disabled=bool(disable[i])))
+                                      half_precision=bool(values.get("teacher_fp16")), disabled=bool(disable[i]),
+                                      flag_names=flag_names))
     return tuple(teachers)
 
 
@@ -224,8 +228,35 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
     return config
 
 
+def _validate_sizes(config: RunConfig) -> None:
+    """Counts and sizes that must be positive, and the sequence that must fit the positions."""
+    train, data = config.train, config.data
+    positive = [("--model-parallel-size", config.distributed.model_parallel_size), ("--batch-size", train.batch_size),
+                ("--gradient-accumulation-steps", train.gradient_accumulation_steps),
+                ("--seq-length", data.seq_length), ("--max-position-embeddings", config.arch.max_position_embeddings),
+                ("--num-layers", config.arch.num_layers), ("--hidden-size", config.arch.hidden_size),
+                ("--num-attention-heads", config.arch.num_attention_heads),
+                ("--make-vocab-size-divisible-by", config.model.make_vocab_size_divisible_by)]
+    for flag, value in positive:
+        if value is None or value < 1:
+            raise ConfigError(f"{flag}={value} must be at least 1")
+    for flag, value in (("--train-iters", train.train_iters), ("--epochs", train.epochs)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag}={value} must not be negative")
+    if data.seq_length > config.arch.max_position_embeddings:
+        raise ConfigError(f"--seq-length={data.seq_length} is longer than --max-position-embeddings="
+                          f"{config.arch.max_position_embeddings}: the positions of a sequence must fit the table")
+    temperature = config.distill.options.get("distill_temperature")
+    if config.distill.enabled and temperature is not None and not temperature > 0:
+        raise ConfigError(f"--distill_temperature={temperature} must be positive (the logits are divided by it)")
+
+
 def _validate(config: RunConfig) -> None:
     train = config.train
+    _validate_sizes(config)
+    if train.load and train.load_pretrained:
+        raise ConfigError(f"--load={train.load} resumes a run with its own weights; --load-pretrained="
+                          f"{train.load_pretrained} would start from other weights: give one of them")
     if train.fp16 and train.bf16:
         raise ConfigError("--fp16 and --bf16 are exclusive")
     if train.ignore_first_backward_gard and (config.train.forward_repeat_num < 1 or train.gradient_accumulation_steps != 1):

@@ -1,4 +1,5 @@
 """The shared main() of pretrain.py and finetune.py: parse, run, report errors clearly."""
+import os
 import sys
 import traceback
 import warnings
@@ -22,10 +23,12 @@ def main(stage: str, prog: str, argv: Optional[Sequence[str]] = None) -> int:
     from .trainer import NonFiniteLossError
     try:
         run(config)
-    except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, KeyError) as error:
+    except (ConfigError, CheckpointError, NonFiniteLossError, OSError, ValueError, KeyError) as error:
         if "--debug-traceback" in (argv or sys.argv):
             traceback.print_exc()
-        print(f"{prog}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        # Another rank's progress bar may hold the terminal's current line: start a new one.
+        fresh_line = "\n" if os.environ.get("RANK", "0") != "0" else ""
+        print(f"{fresh_line}{prog}: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
         shutdown_distributed()

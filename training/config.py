@@ -76,6 +76,7 @@ class TeacherConfig:
     random_para: bool = False
     half_precision: bool = False     # --teacher_fp16: fp16 on GPU, bf16 on CPU
     disabled: bool = False           # --mt_disable_operation: the forward is not run
+    flag_names: Mapping[str, str] = field(default_factory=dict)   # ArchConfig field -> the flag that set it
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import torch.distributed as dist
 import mpu
 from mpu.data import collective_device
 
+from .launcher_watch import exit_with_launcher
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -66,6 +68,7 @@ def init_distributed(backend_flag: str, use_deepspeed: bool, model_parallel_size
             print(f"note: --distributed-backend={backend_flag} needs GPUs; using gloo on this CPU machine")
     if model_parallel_size < 1 or world_size % model_parallel_size != 0 or (world_size == 1 and model_parallel_size > 1):
         raise ValueError(f"--model-parallel-size={model_parallel_size} does not divide the world size {world_size}")
+    exit_with_launcher()   # a worker of torchrun/deepspeed stops when its launcher is killed
     if world_size == 1 and not use_deepspeed:
         return DistEnv(rank, world_size, local_rank, device, backend)   # one process: no group needed
     if not dist.is_initialized():
@@ -277,6 +280,7 @@ class DeepSpeedTrainEngine:
             warnings.simplefilter("ignore")
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=module, optimizer=optimizer, config=ds_config, mpu=mpu, dist_init_required=False)
+        _load_without_code(self.engine)
         self.module = self.engine.module
         self.env = env
         self.gradient_accumulation_steps = self.engine.gradient_accumulation_steps()
@@ -317,6 +321,24 @@ class DeepSpeedTrainEngine:
 
     def eval(self) -> None:
         self.engine.eval()
+
+
+def deepspeed_state_types() -> tuple:
+    """The plain data classes DeepSpeed pickles into its optimizer states (no custom unpickling
+    code): the only types besides tensors and containers a resumed DeepSpeed checkpoint may hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+def _load_without_code(engine) -> None:
+    """DeepSpeed reads its checkpoints with torch.load(weights_only=False), which runs whatever
+    a crafted file asks; route every read of this engine through the project's reader instead
+    (checksums, weights_only=True, `deepspeed_state_types` allowed)."""
+    from model.checkpoint import load_file
+    safe_types = deepspeed_state_types()
+    engine.checkpoint_engine.load = lambda path, map_location=None: load_file(path, safe_types=safe_types)
 
 
 def _register_tied_weights(module: torch.nn.Module) -> None:

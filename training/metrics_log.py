@@ -14,21 +14,32 @@ from tqdm import tqdm
 
 
 class MetricsLogger:
+    """`open_now=False` defers creating the files and the bar to `open()`, so that a run can be
+    validated (and refused) before it writes anything."""
+
     def __init__(self, log_dir: Optional[str], total_steps: int, enabled: bool, initial_step: int = 0,
-                 tensorboard: bool = True, desc: str = "train"):
+                 tensorboard: bool = True, desc: str = "train", open_now: bool = True):
         self.enabled = enabled
+        self.log_dir, self.total_steps, self.initial_step = log_dir, total_steps, initial_step
+        self.tensorboard, self.desc = tensorboard, desc
         self.jsonl = None
         self.writer = None
         self.bar = None
-        if not enabled:
+        if open_now:
+            self.open()
+
+    def open(self, initial_step: Optional[int] = None) -> None:
+        """Create metrics.jsonl (appended to: a resumed run continues it), TensorBoard and the bar."""
+        if not self.enabled:
             return
-        if log_dir is not None:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
-            if tensorboard:
+        if self.log_dir is not None:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(Path(self.log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+            if self.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(Path(log_dir) / "tensorboard"))
-        self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True, mininterval=1.0)
+                self.writer = SummaryWriter(str(Path(self.log_dir) / "tensorboard"))
+        initial = self.initial_step if initial_step is None else initial_step
+        self.bar = tqdm(total=self.total_steps, initial=initial, desc=self.desc, dynamic_ncols=True, mininterval=1.0)
         self._last_time = time.perf_counter()
 
     def log(self, step: int, values: Mapping[str, float], split: str = "train") -> None:

@@ -21,17 +21,20 @@ from distill.distill_model import DistillOptions, TeacherInfo, build_student
 from distill.analysis import AnalysisOptions
 from distill.random_data import RandomDataOptions
 from model import GLMModel, glm_model_of
-from model.checkpoint import TRACKER_FILENAME, atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
+from model.checkpoint import atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
 from tasks import Task, TaskConfig
 
 from . import engine as engines
-from .checkpointing import load_model_weights
+from .checkpointing import load_model_weights, reported_disk_full
 from .config import ConfigError, RunConfig
 from .data import EpochBatches, PretrainBatches, eval_shards, to_device
 from .ds_config import DeepSpeedSettings, build_deepspeed_config, effective_training_values, write_config_copy
 from .lr_schedule import build_lr_scheduler
 from .metrics_log import MetricsLogger
 from .multi_teacher import build_combiner, method_teacher_infos
+from .preflight import (check_checkpoints, check_run_folder, check_work_left, clear_run, holds_run, provenance,
+                        tokenizer_record)
+from .run_lock import RunLock
 from .stages import FinetuneStage, PretrainStage, gather_predictions
 from .teachers import build_teacher, truncate_teacher_as_student
 from .trainer import LoopSettings, Trainer
@@ -69,16 +72,6 @@ def _save_dir(cfg: RunConfig) -> Optional[str]:
     return str(Path(cfg.train.save) / cfg.train.experiment_name) if cfg.train.experiment_name else cfg.train.save
 
 
-def _protect_existing_run(cfg: RunConfig, save_dir: Optional[str]) -> None:
-    """Never train over a finished or resumable run by accident."""
-    if save_dir is None or cfg.train.load or cfg.train.overwrite or cfg.train.custom_no_save_checkpoint:
-        return
-    tracker = Path(save_dir) / TRACKER_FILENAME
-    if tracker.exists():
-        raise ConfigError(f"{save_dir} already holds a checkpoint (tag {tracker.read_text().strip()}): pass "
-                          f"--load={save_dir} to resume it, --overwrite to replace it, or another --experiment-name")
-
-
 # --------------------------------------------------------------------------- stages and data
 def build_pretrain(cfg: RunConfig, tokenizer, env, batch_size: int) -> Tuple[PretrainStage, PretrainBatches, Any]:
     if not cfg.data.train_data:
@@ -89,6 +82,8 @@ def build_pretrain(cfg: RunConfig, tokenizer, env, batch_size: int) -> Tuple[Pre
                               f"'bert-base' are not shipped: pass the path of your text/JSONL corpus)")
     corpus = build_corpus(CorpusConfig(tuple(cfg.data.train_data), text_key=cfg.data.text_key,
                                        split=cfg.data.split, split_seed=cfg.train.seed), tokenizer)
+    if corpus.note:
+        _log(f"note: {corpus.note}")
     train, valid, _ = split_iterators(corpus, cfg.data.seq_length, batch_size, tokenizer.command.cls,
                                       rank=mpu.get_data_parallel_rank(),
                                       world_size=mpu.get_data_parallel_world_size(), seed=cfg.train.seed)
@@ -166,9 +161,7 @@ def resolve_training_values(cfg: RunConfig) -> Tuple[Dict[str, Any], Dict[str, A
 
 
 def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool, ds_config: Dict[str, Any],
-                 values: Dict[str, Any], save_dir: Optional[str] = None):
-    if cfg.distributed.deepspeed and save_dir and env.is_main:
-        _log(f"DeepSpeed config: {write_config_copy(ds_config, str(Path(save_dir) / 'deepspeed_config'))}")
+                 values: Dict[str, Any]):
     module = module.to(env.device)
     optimizer = engines.build_optimizer(module, values["lr"], values["weight_decay"], values["betas"], values["eps"])
     if cfg.distributed.deepspeed:
@@ -180,16 +173,19 @@ def build_engine(cfg: RunConfig, module: torch.nn.Module, env, find_unused: bool
     return engine, optimizer
 
 
-def save_weights_fn(ctx: RunContext, module: torch.nn.Module, model_config: Dict):
-    """Weights only (no optimizer), as the original's fine-tuning "best" checkpoint; the tag's
-    own tracker (best_checkpointed_iteration.txt) is written, the main one at the end."""
+def save_weights_fn(ctx: RunContext, module: torch.nn.Module, recorded: Dict[str, Any]):
+    """Weights only (no optimizer), as the original's fine-tuning "best" checkpoint, with the
+    run's provenance (`recorded`); the tag's own tracker (best_checkpointed_iteration.txt) is
+    written, the main one at the end."""
     def save(tag: str) -> None:
         if ctx.save_dir is None:
             return
         if mpu.get_data_parallel_rank() == 0:
             states = {"module": module.state_dict(), "partition_specs": mpu.partition_specs(module),
-                      "mp_world_size": mpu.get_model_parallel_world_size(), "model_config": model_config}
-            atomic_torch_save(states, Path(ctx.save_dir) / tag / shard_filename(mpu.get_model_parallel_rank()))
+                      "mp_world_size": mpu.get_model_parallel_world_size(), **recorded}
+            path = Path(ctx.save_dir) / tag / shard_filename(mpu.get_model_parallel_rank())
+            with reported_disk_full(f"the {tag} weights", path, ctx.save_dir):
+                atomic_torch_save(states, path)
         if dist.is_initialized():
             dist.barrier()
         if not dist.is_initialized() or dist.get_rank() == 0:
@@ -240,10 +236,41 @@ def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env, tokeni
 
 # --------------------------------------------------------------------------- the run
 def run(cfg: RunConfig) -> Dict[str, Any]:
+    """Validate, then build and train. The run folder is locked from the first check to the end,
+    and nothing is written into it before every check has passed."""
     env = engines.init_distributed(cfg.distributed.distributed_backend, cfg.distributed.deepspeed,
                                    cfg.distributed.model_parallel_size)
     ctx = RunContext(cfg, env)
-    _protect_existing_run(cfg, ctx.save_dir)
+    check_run_folder(cfg, ctx.save_dir)
+    lock = _lock_run_folder(ctx.save_dir, env)
+    try:
+        check_run_folder(cfg, ctx.save_dir)   # again, now that no other run can change the folder
+        return _run_locked(cfg, env, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_folder(save_dir: Optional[str], env) -> Optional[RunLock]:
+    """The first rank locks the run folder; every rank raises when another run holds it."""
+    if save_dir is None:
+        return None
+    lock, refusal = None, [None]
+    if env.is_main:
+        try:
+            lock = RunLock(save_dir).acquire()
+            if lock.stale_holder:
+                _log(f"note: took over the lock of a run that is no longer running ({lock.stale_holder})")
+        except ConfigError as error:
+            refusal = [str(error)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        raise ConfigError(refusal[0])
+    return lock
+
+
+def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:
     ds_config, values = resolve_training_values(cfg)
     batch_size = values["batch_size"] or cfg.train.batch_size   # the micro-batch per rank
     engines.set_random_seed(cfg.train.seed)
@@ -251,12 +278,23 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
                                     mpu.get_model_parallel_world_size())
     _log(tokenizer.describe(cfg.model.make_vocab_size_divisible_by, mpu.get_model_parallel_world_size()))
+    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations,
+                                     num_tokens=tokenizer.num_tokens)
+    recorded = provenance(glm_config.to_dict(), tokenizer_record(tokenizer))
+    teacher_configs = [t.arch.glm_config(vocab_size, cfg.model, dropout=False, num_tokens=tokenizer.num_tokens)
+                       for t in (cfg.teachers if cfg.distill.enabled else ())]
+    resumed = check_checkpoints(cfg, glm_config, teacher_configs, recorded["tokenizer"])
     if cfg.stage == "pretrain":
+        check_work_left(resumed, cfg.train.train_iters, f"--train-iters={cfg.train.train_iters}")
         stage, train_data, valid = build_pretrain(cfg, tokenizer, env, batch_size)
     else:
         stage, train_data, valid = build_finetune(cfg, tokenizer, env, batch_size)
-    glm_config = cfg.arch.glm_config(vocab_size, cfg.model, checkpoint_activations=cfg.train.checkpoint_activations,
-                                     num_tokens=tokenizer.num_tokens)
+    total_iters, iters_per_epoch = _total_iters(cfg, train_data, values)
+    evaluate_only = cfg.stage == "finetune" and total_iters == 0 and cfg.train.epochs == 0
+    if total_iters <= 0 and not evaluate_only:
+        raise ConfigError("nothing to train: give --train-iters (or --epochs when fine-tuning)")
+    check_work_left(resumed, total_iters, f"--train-iters={cfg.train.train_iters}" if cfg.train.train_iters
+                    else f"--epochs={cfg.train.epochs}, {iters_per_epoch} iterations each")
     if glm_config.map_vocab_size:
         _log(f"vocabulary compression: {glm_config.map_vocab_size} of {vocab_size} embedding rows "
              f"({(vocab_size - glm_config.map_vocab_size) * glm_config.word_embedding_width:,} parameters fewer)"
@@ -264,16 +302,8 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     student_module, student, combiner, teachers = build_models(cfg, stage, glm_config, vocab_size, env, tokenizer)
     module = student if student is not None else student_module
     engine, optimizer = build_engine(cfg, module, env, find_unused=student is not None, ds_config=ds_config,
-                                     values=values, save_dir=ctx.save_dir)
-    iters_per_epoch = 0
-    if cfg.stage == "finetune":
-        iters_per_epoch = max(train_data.batches_per_epoch // values["gradient_accumulation_steps"], 1)
-        total_iters = cfg.train.train_iters or iters_per_epoch * (cfg.train.epochs or 1)
-    else:
-        total_iters = cfg.train.train_iters
-    if total_iters <= 0:
-        raise ConfigError("nothing to train: give --train-iters (or --epochs when fine-tuning)")
-    lr_scheduler = build_lr_scheduler(optimizer, values["lr"], total_iters, cfg.optim.lr_decay_iters,
+                                     values=values)
+    lr_scheduler = build_lr_scheduler(optimizer, values["lr"], max(total_iters, 1), cfg.optim.lr_decay_iters,
                                       cfg.optim.warmup, cfg.optim.lr_decay_style, cfg.optim.lr_decay_ratio)
     forward = lambda *inputs: engine(*inputs)
     if cfg.stage == "finetune":
@@ -282,11 +312,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     else:
         evaluate = (lambda: stage.evaluate(forward, valid)) if valid else None
     run_record = cfg.to_dict()
-    if ctx.save_dir and env.is_main:
-        Path(ctx.save_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(ctx.save_dir) / "config.json", lambda f: f.write(json.dumps(
-            {"run": run_record, "model": glm_config.to_dict(), "deepspeed": ds_config}, indent=1, default=str).encode()))
-    logger = MetricsLogger(ctx.save_dir, total_iters, enabled=env.is_main,
+    logger = MetricsLogger(ctx.save_dir, total_iters, enabled=env.is_main, open_now=False,
                            tensorboard=not cfg.flags.get("custom_no_summary_writer", False), desc=cfg.stage)
     settings = LoopSettings(
         total_iters=total_iters, gradient_accumulation_steps=values["gradient_accumulation_steps"],
@@ -297,36 +323,66 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         eval_epoch=cfg.train.eval_epoch if cfg.stage == "finetune" else 0,
         forward_repeat_num=cfg.train.forward_repeat_num, ignore_first_backward_gard=cfg.train.ignore_first_backward_gard,
         custom_first_eval=cfg.train.custom_first_eval, custom_tmp_result=cfg.train.custom_tmp_result,
-        no_save=cfg.train.custom_no_save_checkpoint, seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss,
+        no_save=cfg.train.custom_no_save_checkpoint or evaluate_only, seed=cfg.train.seed,
+        mt_has_loss=cfg.distill.mt_has_loss,
         random_data=RandomDataOptions.from_flags(cfg.flags.get("distill_random_data") or "",
                                                  cfg.flags.get("distill_random_data_n", "0"),
                                                  cfg.flags.get("distill_random_data_method", "shuffle"),
                                                  tokenizer.num_tokens) if cfg.distill.enabled else None,
         analysis=AnalysisOptions(bool(cfg.flags.get("distil_analysis_inter")), cfg.flags.get("distil_analysis_frcn", "0"))
         if cfg.distill.enabled and cfg.flags.get("distil_analysis_inter") else None)
-    client_extras = {"run_config": run_record, "model_config": glm_config.to_dict()}
+    client_extras = {"run_config": run_record, **recorded}
     trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,
-                      save_weights=save_weights_fn(ctx, engine.module, glm_config.to_dict()) if cfg.stage == "finetune"
+                      save_weights=save_weights_fn(ctx, engine.module, recorded) if cfg.stage == "finetune"
                       else None, client_extras=client_extras)
     if cfg.train.load:
         trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
                        load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
         check_maps(student_module, teachers)
+    _start_writing(cfg, ctx, env, {"run": run_record, "model": glm_config.to_dict(), "deepspeed": ds_config})
+    logger.open(initial_step=trainer.state.iteration)
     try:
-        state = trainer.train()
+        state = trainer.evaluate_only() if evaluate_only else trainer.train()
     finally:
         logger.close()
     result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
-    if cfg.stage == "finetune" and ctx.save_dir and not settings.no_save:
-        result["test_results"] = _finish_finetuning(cfg, ctx, engine, stage, evaluate, state, env)
+    if cfg.stage == "finetune" and ctx.save_dir and (evaluate_only or not settings.no_save):
+        result["test_results"] = _finish_finetuning(cfg, ctx, engine, stage, evaluate, state, env,
+                                                    reload_best=not evaluate_only)
     return result
 
 
-def _finish_finetuning(cfg: RunConfig, ctx: RunContext, engine, stage, evaluate, state, env) -> Dict[str, float]:
-    """Point the tracker at the best weights (unless --ft_final_save), reload them, write the
-    dev predictions in the submission format and the scores (results.json, test_results.json)."""
-    if state.best_score is not None and not cfg.train.ft_final_save:
+def _total_iters(cfg: RunConfig, train_data, values: Dict[str, Any]) -> Tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch: 0 when pretraining)."""
+    if cfg.stage != "finetune":
+        return cfg.train.train_iters, 0
+    iters_per_epoch = max(train_data.batches_per_epoch // values["gradient_accumulation_steps"], 1)
+    epochs = 1 if cfg.train.epochs is None else cfg.train.epochs
+    return cfg.train.train_iters or iters_per_epoch * epochs, iters_per_epoch
+
+
+def _start_writing(cfg: RunConfig, ctx: RunContext, env, run_description: Dict[str, Any]) -> None:
+    """Every check passed: clear the run that --overwrite replaces, then write config.json (and
+    the DeepSpeed config's copy). The first writes into the run folder happen here."""
+    if ctx.save_dir is None or not env.is_main:
+        return
+    if cfg.train.overwrite and holds_run(ctx.save_dir):
+        _log(f"--overwrite: replacing the run in {ctx.save_dir} ({', '.join(clear_run(ctx.save_dir))})")
+    if cfg.distributed.deepspeed:
+        _log(f"DeepSpeed config: "
+             f"{write_config_copy(run_description['deepspeed'], str(Path(ctx.save_dir) / 'deepspeed_config'))}")
+    with reported_disk_full("config.json", Path(ctx.save_dir) / "config.json", ctx.save_dir):
+        atomic_write_bytes(Path(ctx.save_dir) / "config.json",
+                           lambda f: f.write(json.dumps(run_description, indent=1, default=str).encode()))
+
+
+def _finish_finetuning(cfg: RunConfig, ctx: RunContext, engine, stage, evaluate, state, env,
+                       reload_best: bool = True) -> Dict[str, float]:
+    """Point the tracker at the best weights (unless --ft_final_save or `reload_best` is False),
+    reload them, write the dev predictions in the submission format and the scores
+    (results.json, test_results.json)."""
+    if reload_best and state.best_score is not None and not cfg.train.ft_final_save:
         if env.is_main:
             write_tracker(ctx.save_dir, "best")
         if dist.is_initialized():

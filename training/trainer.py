@@ -202,6 +202,12 @@ class Trainer:
         self._flush_logs(force=True)
         return self.state
 
+    def evaluate_only(self) -> TrainState:
+        """Score the weights as they are, once, without training (finetune.py --epochs=0: the
+        original's EPOCH_0 rows)."""
+        self._evaluate_and_select()
+        return self.state
+
     def _after_optimizer_step(self) -> None:
         settings, it = self.settings, self.state.iteration
         if settings.log_interval and it % settings.log_interval == 0:

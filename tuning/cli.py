@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--script", default="finetune_superglue", help="the original's script template; only "
                                                        "finetune_superglue is rebuilt")
     add("--test", action="store_true", help="print the commands, run nothing")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="an --output_dir that holds results (tune.json): start afresh, replacing its "
+                               "tune.json, tune.md, tune.csv and logs (default: refuse, exit code 2)")
+    existing.add_argument("--append", action="store_true",
+                          help="an --output_dir that holds results (tune.json): keep its records and add this "
+                               "sweep's after them; the tables cover all of them (default: refuse, exit code 2)")
     add("--show_tune", nargs="+", default=None, metavar="PATH",
         help="print the table of result JSON files (or folders of them) and exit")
     add("--table_format", default="md", choices=("md", "csv"), help="format of --show_tune")
@@ -145,6 +152,27 @@ def _roots(args) -> Tuple[str, str]:
 
 def output_dir_of(args, stamp: str) -> str:
     return args.output_dir or os.environ.get(ENV_TUNE_DIR) or str(Path("runs") / "auto_tune" / f"tune_{stamp}")
+
+
+def previous_records(output_dir: Path, append: bool, overwrite: bool) -> List[dict]:
+    """The records a sweep into `output_dir` keeps: its tune.json's with --append, else none.
+    --overwrite first removes the old results, tables and logs; a folder that holds results
+    without either flag is refused (ArgError), so no sweep replaces them silently."""
+    from .results import load_records
+    from .runner import clear_results
+    results = output_dir / "tune.json"
+    if overwrite:
+        clear_results(output_dir)
+        return []
+    if not results.exists():
+        return []
+    if not append:
+        raise ArgError(f"the output folder {output_dir} already holds a sweep's results ({results}); pass "
+                       f"--append to add this sweep's runs to them, or --overwrite to replace them")
+    try:
+        return load_records(results)
+    except ValueError as error:
+        raise ArgError(f"--append: cannot add to {error}") from None
 
 
 def _configs(model_name: str, big_suffix: Optional[str]) -> Dict[str, dict]:
@@ -263,11 +291,12 @@ def _sweep(args, extra: Sequence[str]) -> int:
             print("# checkpoints of another model-parallel size are resharded with change_mp.py before their run")
         return 0
     spec = replace(spec, py_file=resolve_py_file(spec.py_file))
+    previous = previous_records(Path(output_dir), args.append, args.overwrite)
     from .runner import RunnerOptions, run_sweep
     options = RunnerOptions(launcher=args.launcher, gpu_sets=sets, big_task_gpus=args.big_task_gpus,
                             max_retries=args.max_retries, retry_wait=args.retry_wait, run_timeout=args.run_timeout,
                             output_dir=Path(output_dir), name=args.name or spec.resolved_save_sub.removeprefix("ft_"))
-    return run_sweep(spec, plans, options)
+    return run_sweep(spec, plans, options, previous=previous)
 
 
 def run_from_command_line() -> int:

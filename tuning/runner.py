@@ -4,7 +4,9 @@ a failed run is recorded (and the task's later stages skipped) instead of stoppi
 
 Every finished run appends a record to `<output_dir>/tune.json`, in the original's format
 (`args`, `now`, `max_score_dict`, `epoch`, `*cmd`) plus an `auto_tune` section (task, stage,
-status, attempts, best epoch and metrics); the tables are rewritten next to it.
+status, attempts, best epoch and metrics); the tables are rewritten next to it. An earlier
+sweep's records (`--append`) stay first in tune.json and the tables cover them too;
+`clear_results` removes an earlier sweep's results, tables and logs (`--overwrite`).
 """
 import json
 import os
@@ -26,6 +28,7 @@ from .render import Command, RunPlan, SweepSpec, launch_command, stage_index
 from .results import best_entry, render_tables
 
 RESHARDED_FLAGS = ("--load-pretrained", "--teacher_load_pretrained", "--mt_load_pretrained")
+RESULT_FILES = ("tune.json", "tune.md", "tune.csv")   # what a sweep writes into its output folder
 USAGE_ERROR = 2   # argparse's exit status: the command itself is wrong, a retry cannot help
 
 
@@ -269,11 +272,22 @@ def run_one(spec: SweepSpec, plan: RunPlan, gpus: str, options: RunnerOptions, p
 
 
 # --------------------------------------------------------------------------- the sweep
-class _Results:
-    """The records so far, written after every run (thread-safe)."""
+def clear_results(folder: Path) -> None:
+    """Remove an earlier sweep's tune.json, tune.md, tune.csv and run logs from `folder` (the
+    logs are appended to, so they would otherwise mix two sweeps)."""
+    for name in RESULT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for log in (folder / "logs").glob("*.log"):
+        log.unlink()
 
-    def __init__(self, options: RunnerOptions, total: int):
+
+class _Results:
+    """This sweep's records so far, after `previous` (an earlier sweep's, kept by --append),
+    all written after every run (thread-safe)."""
+
+    def __init__(self, options: RunnerOptions, total: int, previous: Sequence[dict] = ()):
         self.options, self.total = options, total
+        self.previous = list(previous)
         self.records: Dict[int, dict] = {}
         self.lock = threading.Lock()
 
@@ -283,12 +297,17 @@ class _Results:
             self.write()
 
     def ordered(self) -> List[dict]:
+        """This sweep's records, in plan order."""
         return [self.records[index] for index in sorted(self.records)]
+
+    def everything(self) -> List[dict]:
+        """The earlier sweep's records, then this sweep's."""
+        return self.previous + self.ordered()
 
     def write(self) -> None:
         folder = self.options.output_dir
         folder.mkdir(parents=True, exist_ok=True)
-        records = self.ordered()
+        records = self.everything()
         _atomic_write(folder / "tune.json", json.dumps(records, indent=1) + "\n")
         markdown, csv = render_tables(records)
         _atomic_write(folder / "tune.md", markdown + "\n")
@@ -357,12 +376,15 @@ def _run_chains(spec: SweepSpec, chains: List[List[RunPlan]], options: RunnerOpt
 
 
 def run_sweep(spec: SweepSpec, plans: Sequence[RunPlan], options: RunnerOptions,
-              convert: Callable[[str, int], Optional[Path]] = change_mp_convert) -> int:
-    """Run every plan; write tune.json, tune.md and tune.csv; 0 when every run succeeded."""
-    results, processes = _Results(options, len(plans)), Processes()
+              convert: Callable[[str, int], Optional[Path]] = change_mp_convert,
+              previous: Sequence[dict] = ()) -> int:
+    """Run every plan; write tune.json, tune.md and tune.csv (after the `previous` records, which
+    the tables cover too); 0 when every run of this sweep succeeded."""
+    results, processes = _Results(options, len(plans), previous), Processes()
     chains = list(stage_index(plans).values())
     options.log(f"{len(plans)} runs ({len(chains)} tasks x {len(plans) // max(len(chains), 1)} stages); "
-                f"results in {options.output_dir}")
+                f"results in {options.output_dir}"
+                + (f", after its {len(previous)} earlier records" if previous else ""))
     try:
         _run_chains(spec, chains, options, results, processes, convert)
     except BaseException:   # Ctrl-C, or SIGTERM at the entry point: no run outlives the sweep
@@ -370,7 +392,7 @@ def run_sweep(spec: SweepSpec, plans: Sequence[RunPlan], options: RunnerOptions,
         options.log(f"interrupted; the finished runs are in {options.output_dir / 'tune.json'}")
         raise
     records = results.ordered()
-    print(render_tables(records)[0], flush=True)
+    print(render_tables(results.everything())[0], flush=True)
     bad = [r for r in records if r["auto_tune"]["status"] != "ok"]
     if bad:
         options.log(f"{len(bad)} of {len(records)} runs did not succeed: " + ", ".join(
