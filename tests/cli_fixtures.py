@@ -57,6 +57,16 @@ def pretrain_flags(vocab: Path, corpus: Path, save: Path, iters: int, *extra: st
     return flags
 
 
+def pretrained_run(folder: Path, iters: int = 2):
+    """A tiny pretraining run saved at its last iteration under folder/good/run, with its
+    vocabulary and corpus: (vocab, corpus, run folder)."""
+    vocab, corpus = write_vocab(folder), write_corpus(folder)
+    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, Path(folder) / "good", iters,
+                                                    f"--save-interval={iters}"))
+    assert done.returncode == 0, done.stderr
+    return vocab, corpus, Path(folder) / "good" / "run"
+
+
 def run_script(script: str, flags: Sequence[str], timeout: int = 300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *flags], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_fixtures import finetune_flags, pretrain_flags, run_script, write_corpus, write_rte, write_vocab
+from cli_fixtures import finetune_flags, pretrain_flags, pretrained_run, run_script, write_rte
 from model.checkpoint import TRACKER_FILENAME, CheckpointError, load_file, read_tracker
 
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
@@ -50,12 +50,9 @@ def _poison(checkpoint: Path, target: Path, marker: Path, file_pattern: str = "m
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
-    vocab, corpus = write_vocab(folder), write_corpus(folder)
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, folder / "good", 2, "--save-interval=2"))
-    assert done.returncode == 0, done.stderr
+    vocab, corpus, good = pretrained_run(folder)
     marker = folder / "MARKER"
-    evil = _poison(folder / "good" / "run", folder / "evil", marker)
-    return folder, vocab, corpus, folder / "good" / "run", evil, marker
+    return folder, vocab, corpus, good, _poison(good, folder / "evil", marker), marker
 
 
 def _assert_refused(done, marker: Path, code: int = 1) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_fixtures import REPO_ROOT, finetune_flags, pretrain_flags, run_script, write_corpus, write_rte, write_vocab
+from cli_fixtures import REPO_ROOT, finetune_flags, pretrain_flags, pretrained_run, run_script, write_rte
 from model.checkpoint import TRACKER_FILENAME, load_file
 from test_hardening_checkpoints import digest
 
@@ -20,10 +20,7 @@ from test_hardening_checkpoints import digest
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
-    vocab, corpus = write_vocab(folder), write_corpus(folder)
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, folder / "good", 2, "--save-interval=2"))
-    assert done.returncode == 0, done.stderr
-    return folder, vocab, corpus, folder / "good" / "run"
+    return (folder, *pretrained_run(folder))
 
 
 def _copy(run: Path, target: Path) -> Path:
@@ -180,6 +177,9 @@ def test_finetune_with_zero_epochs_evaluates_only(material, tmp_path):
     (["--batch-size=0"], "--batch-size=0 must be at least 1"),
     (["--train-iters=-3"], "--train-iters=-3 must not be negative"),
     (["--load=a", "--load-pretrained=b"], "--load=a resumes a run with its own weights; --load-pretrained=b"),
+    (["--lr=-1"], "--lr=-1.0 must not be negative"),
+    (["--log-interval=-1"], "--log-interval=-1 must not be negative"),
+    (["--hidden-dropout=1.5"], "--hidden-dropout=1.5 must lie in [0, 1)"),
     (["--student_model=kd", "--teacher_load_pretrained=t", "--distill_temperature=0"],
      "--distill_temperature=0.0 must be positive"),
 ])
@@ -188,6 +188,14 @@ def test_configuration_errors_are_named_at_parse_time(material, tmp_path, extra,
     done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path, 2, *extra))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_missing_deepspeed_config_is_named_before_deepspeed_starts(material, tmp_path):
+    folder, vocab, corpus, good = material
+    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path, 2, "--deepspeed",
+                                                    f"--deepspeed_config={tmp_path / 'none.json'}"))
+    assert done.returncode == 1 and f"--deepspeed_config={tmp_path / 'none.json'}: no such file" in done.stderr
+    assert "DeepSpeed" not in done.stdout and not any(tmp_path.iterdir())
 
 
 def test_a_save_folder_that_is_a_file_is_named(material, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_fixtures import SPECIAL, WORDS, pretrain_flags, run_script, write_corpus, write_vocab
+from cli_fixtures import SPECIAL, WORDS, pretrain_flags, pretrained_run, run_script, write_corpus
 from model.checkpoint import CheckpointError, read_tracker
 from test_hardening_checkpoints import digest
 
@@ -19,10 +19,7 @@ KD = ["--student_model=kd", "--distill_pt_soft"]
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teachers")
-    vocab, corpus = write_vocab(folder), write_corpus(folder)
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, folder / "good", 2, "--save-interval=2"))
-    assert done.returncode == 0, done.stderr
-    return folder, vocab, corpus, folder / "good" / "run"
+    return (folder, *pretrained_run(folder))
 
 
 def _edited(checkpoint: Path, target: Path, edit) -> Path:
@@ -37,6 +34,7 @@ def _edited(checkpoint: Path, target: Path, edit) -> Path:
 
 def test_teacher_flags_that_disagree_with_the_recorded_config_are_named(material, tmp_path):
     folder, vocab, corpus, good = material
+    before = digest(good)
     flags = pretrain_flags(vocab, corpus, tmp_path / "a", 2, *KD, f"--teacher_load_pretrained={good}",
                            "--teacher_num_layers=3", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4")
     done = run_script("pretrain.py", flags)
@@ -50,15 +48,18 @@ def test_teacher_flags_that_disagree_with_the_recorded_config_are_named(material
     assert "teacher 1" in done.stderr and "--mt_hidden_size (teacher 1) gives hidden_size=48, but the checkpoint " \
         "records hidden_size=32" in done.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()   # refused before anything was written
+    assert digest(good) == before
 
 
 def test_a_teacher_of_another_model_family_is_refused(material, tmp_path):
     folder, vocab, corpus, good = material
     other = _edited(good, tmp_path / "llama", lambda states: states.update(model_family="llama"))
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path, 2, *KD,
+    before = digest(other)
+    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path / "s", 2, *KD,
                                                     f"--teacher_load_pretrained={other}", *TEACHER))
     assert done.returncode == 1 and f"teacher 0 {other} holds a llama model, but this run builds a glm model" \
         in done.stderr, done.stderr
+    assert digest(other) == before and not (tmp_path / "s").exists()
 
 
 def test_teacher_loading_is_strict(material, tmp_path):
@@ -73,13 +74,18 @@ def test_teacher_loading_is_strict(material, tmp_path):
         states["module"]["transformer.layers.2.mlp.dense_4h_to_h.bias"] = torch.zeros(32)
         states.pop("model_config")
 
+    fresh_corpus = write_corpus(tmp_path)   # no token cache beside it yet
     for name, edit, message in (("missing", drop, "missing from the checkpoint: transformer.layers.1.mlp.dense_4h_to_h"),
                                 ("extra", add, "not in the model: transformer.layers.2.mlp.dense_4h_to_h.bias")):
         teacher = _edited(good, tmp_path / name, edit)
-        done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path / f"run_{name}", 2, *KD,
+        before = digest(teacher)
+        done = run_script("pretrain.py", pretrain_flags(vocab, fresh_corpus, tmp_path / f"run_{name}", 2, *KD,
                                                         f"--teacher_load_pretrained={teacher}", *TEACHER))
         assert done.returncode == 1, done.stderr
-        assert "teacher" in done.stderr and message in done.stderr, done.stderr
+        assert f"teacher 0 {teacher} does not match the model built from the teacher flags" in done.stderr
+        assert message in done.stderr, done.stderr
+        assert digest(teacher) == before and not (tmp_path / f"run_{name}").exists()
+        assert not (tmp_path / ".glm_cache").exists()   # refused before the corpus was tokenised
 
 
 def test_a_distilled_students_auxiliary_layers_do_not_fail_a_strict_teacher_load(material, tmp_path):
@@ -108,6 +114,7 @@ def test_a_teacher_with_another_vocabulary_of_the_same_size_is_refused(material,
     done = run_script("pretrain.py", pretrain_flags(other_vocab, corpus, other_folder, 1, "--save-interval=1"))
     assert done.returncode == 0, done.stderr
     teacher = other_folder / "run"
+    before = digest(teacher)
     index = len(SPECIAL) + 6 + 2
     done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path / "s", 2, *KD,
                                                     f"--teacher_load_pretrained={teacher}", *TEACHER))
@@ -116,6 +123,7 @@ def test_a_teacher_with_another_vocabulary_of_the_same_size_is_refused(material,
     assert f"the same size (49) but token {index} is 'dog' there and 'cat' here" in done.stderr
     done = run_script("pretrain.py", pretrain_flags(vocab, corpus, tmp_path / "p", 2, f"--load-pretrained={teacher}"))
     assert done.returncode == 1 and f"token {index} is 'dog' there and 'cat' here" in done.stderr, done.stderr
+    assert digest(teacher) == before and not (tmp_path / "s").exists() and not (tmp_path / "p").exists()
 
 
 def test_shape_errors_name_what_differs(material, tmp_path):

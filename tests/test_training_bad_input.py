@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_fixtures import pretrain_flags, run_script, write_corpus, write_vocab
+from cli_fixtures import pretrain_flags, pretrained_run, run_script
 from model.checkpoint import TRACKER_FILENAME
 
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
@@ -22,10 +22,7 @@ def _digest(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad_input")
-    vocab, corpus = write_vocab(folder), write_corpus(folder)
-    done = run_script("pretrain.py", pretrain_flags(vocab, corpus, folder / "good", 2, "--save-interval=2"))
-    assert done.returncode == 0, done.stderr
-    return folder, vocab, corpus, folder / "good" / "run"
+    return (folder, *pretrained_run(folder))
 
 
 def test_missing_and_corrupt_checkpoints(trained, tmp_path):

@@ -240,9 +240,21 @@ def _validate_sizes(config: RunConfig) -> None:
     for flag, value in positive:
         if value is None or value < 1:
             raise ConfigError(f"{flag}={value} must be at least 1")
-    for flag, value in (("--train-iters", train.train_iters), ("--epochs", train.epochs)):
-        if value is not None and value < 0:
+    optim, model = config.optim, config.model
+    not_negative = [("--train-iters", train.train_iters), ("--epochs", train.epochs), ("--lr", optim.lr),
+                    ("--weight-decay", optim.weight_decay), ("--clip-grad", optim.clip_grad),
+                    ("--log-interval", train.log_interval), ("--eval-interval", train.eval_interval),
+                    ("--eval-iters", train.eval_iters), ("--save-interval", train.save_interval),
+                    ("--save-epoch", train.save_epoch), ("--eval-epoch", train.eval_epoch)]
+    for flag, value in not_negative:
+        if value is not None and not value >= 0:
             raise ConfigError(f"{flag}={value} must not be negative")
+    fractions = [("--warmup", optim.warmup, 1.0), ("--hidden-dropout", model.hidden_dropout, 0.999),
+                 ("--attention-dropout", model.attention_dropout, 0.999)]
+    for flag, value, high in fractions:
+        if not 0.0 <= value <= high:
+            raise ConfigError(f"{flag}={value} must lie in [0, {1 if high == 1.0 else 1})")
+
     if data.seq_length > config.arch.max_position_embeddings:
         raise ConfigError(f"--seq-length={data.seq_length} is longer than --max-position-embeddings="
                           f"{config.arch.max_position_embeddings}: the positions of a sequence must fit the table")

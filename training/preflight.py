@@ -4,6 +4,7 @@
     check_checkpoints    every checkpoint the run reads exists, is intact and safe to read, and
                          is what the flags say: the architecture and the tokenizer it records
                          match (teachers, --load-pretrained, --load), and a resume has work left
+    check_teacher_tensors  each teacher checkpoint holds exactly the tensors of its model
 
 A checkpoint records its provenance next to its weights: `model_config` (the GLMConfig),
 `model_family` and `tokenizer` (type, size, a hash of the tokens and the tokens themselves,
@@ -14,11 +15,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from model import GLMConfig
+import torch
+
+from model import GLMConfig, GLMModel
 from model.checkpoint import TRACKER_FILENAME, check_all_shards_present, list_shards, load_file, read_tracker
 
+from .checkpointing import canonical_key
 from .config import ConfigError, RunConfig
 
 MODEL_FAMILY = "glm"
@@ -169,18 +173,27 @@ def teacher_flag_names(cfg: RunConfig, index: int) -> Dict[str, str]:
     return {**cfg.teachers[index].flag_names, "vocab_size": CHECKED_FIELDS["vocab_size"]}
 
 
-def check_checkpoints(cfg: RunConfig, student_config: GLMConfig, teacher_configs: Sequence[Optional[GLMConfig]],
-                      tokenizer: Optional[Mapping[str, Any]]) -> Optional[Recorded]:
-    """Check every checkpoint the run reads against the flags; returns what --load records."""
+@dataclass(frozen=True)
+class CheckedCheckpoints:
+    teachers: Sequence[Optional[Recorded]]    # None: a teacher with random weights
+    resumed: Optional[Recorded]               # what --load records
+
+
+def check_checkpoints(cfg: RunConfig, student_config: GLMConfig, teacher_configs: Sequence[GLMConfig],
+                      tokenizer: Optional[Mapping[str, Any]]) -> CheckedCheckpoints:
+    """Check every checkpoint the run reads against the flags."""
+    teachers = []
     for index, (teacher, expected) in enumerate(zip(cfg.teachers, teacher_configs)):
+        recorded = None
         if teacher.load_pretrained and not teacher.random_para:
-            check_recorded_model(read_recorded(teacher.load_pretrained), expected, teacher_flag_names(cfg, index),
-                                 f"teacher {index}", tokenizer)
+            recorded = read_recorded(teacher.load_pretrained)
+            check_recorded_model(recorded, expected, teacher_flag_names(cfg, index), f"teacher {index}", tokenizer)
+        teachers.append(recorded)
     if cfg.train.load_pretrained:
         check_recorded_model(read_recorded(cfg.train.load_pretrained), student_config, CHECKED_FIELDS,
                              "--load-pretrained", tokenizer, fields=("hidden_size", "num_attention_heads", "vocab_size"))
     if not cfg.train.load:
-        return None
+        return CheckedCheckpoints(teachers, None)
     recorded = read_recorded(cfg.train.load)
     check_recorded_model(recorded, student_config, CHECKED_FIELDS, "--load", tokenizer)
     if "train_state" not in recorded.states:
@@ -188,7 +201,28 @@ def check_checkpoints(cfg: RunConfig, student_config: GLMConfig, teacher_configs
                           f"only (the best weights of a finished fine-tuning run), no optimizer, schedule or data "
                           f"position to resume from; start a new run from them with "
                           f"--load-pretrained={cfg.train.load}")
-    return recorded
+    return CheckedCheckpoints(teachers, recorded)
+
+
+def check_teacher_tensors(checked: CheckedCheckpoints, head: Callable[[GLMModel], torch.nn.Module],
+                          teacher_configs: Sequence[GLMConfig], may_be_missing: Sequence[str]) -> None:
+    """Teachers load strictly: the tensors of each checkpoint are the ones the model its flags
+    describe holds (built on the meta device: no memory, no weights), minus a distilled
+    student's auxiliary layers; names in `may_be_missing` (the vocabulary-map buffers, checked
+    with the maps) may be absent."""
+    for index, (recorded, config) in enumerate(zip(checked.teachers, teacher_configs)):
+        if recorded is None:
+            continue
+        with torch.device("meta"):
+            expected = {canonical_key(key) for key in head(GLMModel(config)).state_dict()}
+        saved = {canonical_key(key) for key in recorded.states["module"] if not key.startswith(AUXILIARY_PREFIXES)}
+        missing = sorted(key for key in expected - saved if key.rsplit(".", 1)[-1] not in may_be_missing)
+        unexpected = sorted(saved - expected)
+        if missing or unexpected:
+            parts = ([f"missing from the checkpoint: {', '.join(missing[:6])}"] if missing else []) + (
+                [f"not in the model: {', '.join(unexpected[:6])}"] if unexpected else [])
+            raise ConfigError(f"teacher {index} {recorded.path} does not match the model built from the teacher "
+                              f"flags: {'; '.join(parts)}")
 
 
 def check_work_left(recorded: Optional[Recorded], total_iters: int, flag: str) -> None:

@@ -21,6 +21,7 @@ from distill.distill_model import DistillOptions, TeacherInfo, build_student
 from distill.analysis import AnalysisOptions
 from distill.random_data import RandomDataOptions
 from model import GLMModel, glm_model_of
+from model.glm import MAP_BUFFERS
 from model.checkpoint import atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
 from tasks import Task, TaskConfig
 
@@ -32,8 +33,8 @@ from .ds_config import DeepSpeedSettings, build_deepspeed_config, effective_trai
 from .lr_schedule import build_lr_scheduler
 from .metrics_log import MetricsLogger
 from .multi_teacher import build_combiner, method_teacher_infos
-from .preflight import (check_checkpoints, check_run_folder, check_work_left, clear_run, holds_run, provenance,
-                        tokenizer_record)
+from .preflight import (check_checkpoints, check_run_folder, check_teacher_tensors, check_work_left, clear_run,
+                        holds_run, provenance, tokenizer_record)
 from .run_lock import RunLock
 from .stages import FinetuneStage, PretrainStage, gather_predictions
 from .teachers import build_teacher, truncate_teacher_as_student
@@ -238,6 +239,9 @@ def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env, tokeni
 def run(cfg: RunConfig) -> Dict[str, Any]:
     """Validate, then build and train. The run folder is locked from the first check to the end,
     and nothing is written into it before every check has passed."""
+    ds_json = cfg.distributed.deepspeed_config
+    if cfg.distributed.deepspeed and ds_json and not Path(ds_json).is_file():   # before DeepSpeed starts
+        raise ConfigError(f"--deepspeed_config={ds_json}: no such file")
     env = engines.init_distributed(cfg.distributed.distributed_backend, cfg.distributed.deepspeed,
                                    cfg.distributed.model_parallel_size)
     ctx = RunContext(cfg, env)
@@ -283,12 +287,15 @@ def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:
     recorded = provenance(glm_config.to_dict(), tokenizer_record(tokenizer))
     teacher_configs = [t.arch.glm_config(vocab_size, cfg.model, dropout=False, num_tokens=tokenizer.num_tokens)
                        for t in (cfg.teachers if cfg.distill.enabled else ())]
-    resumed = check_checkpoints(cfg, glm_config, teacher_configs, recorded["tokenizer"])
+    checked = check_checkpoints(cfg, glm_config, teacher_configs, recorded["tokenizer"])
+    resumed = checked.resumed
     if cfg.stage == "pretrain":
         check_work_left(resumed, cfg.train.train_iters, f"--train-iters={cfg.train.train_iters}")
-        stage, train_data, valid = build_pretrain(cfg, tokenizer, env, batch_size)
+        check_teacher_tensors(checked, PretrainStage().head, teacher_configs, MAP_BUFFERS)
+        stage, train_data, valid = build_pretrain(cfg, tokenizer, env, batch_size)   # may write the token cache
     else:
         stage, train_data, valid = build_finetune(cfg, tokenizer, env, batch_size)
+        check_teacher_tensors(checked, stage.head, teacher_configs, MAP_BUFFERS)
     total_iters, iters_per_epoch = _total_iters(cfg, train_data, values)
     evaluate_only = cfg.stage == "finetune" and total_iters == 0 and cfg.train.epochs == 0
     if total_iters <= 0 and not evaluate_only:
