@@ -35,7 +35,7 @@ from .metrics_log import MetricsLogger
 from .multi_teacher import build_combiner, method_teacher_infos
 from .preflight import (check_checkpoints, check_run_folder, check_teacher_tensors, check_work_left, clear_run,
                         holds_run, provenance, tokenizer_record)
-from .run_lock import RunLock
+from .run_lock import lock_run_folder
 from .stages import FinetuneStage, PretrainStage, gather_predictions
 from .teachers import build_teacher, truncate_teacher_as_student
 from .trainer import LoopSettings, Trainer
@@ -246,32 +246,13 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
                                    cfg.distributed.model_parallel_size)
     ctx = RunContext(cfg, env)
     check_run_folder(cfg, ctx.save_dir)
-    lock = _lock_run_folder(ctx.save_dir, env)
+    lock = lock_run_folder(ctx.save_dir, env.is_main, log=_log)
     try:
         check_run_folder(cfg, ctx.save_dir)   # again, now that no other run can change the folder
         return _run_locked(cfg, env, ctx)
     finally:
         if lock is not None:
             lock.release()
-
-
-def _lock_run_folder(save_dir: Optional[str], env) -> Optional[RunLock]:
-    """The first rank locks the run folder; every rank raises when another run holds it."""
-    if save_dir is None:
-        return None
-    lock, refusal = None, [None]
-    if env.is_main:
-        try:
-            lock = RunLock(save_dir).acquire()
-            if lock.stale_holder:
-                _log(f"note: took over the lock of a run that is no longer running ({lock.stale_holder})")
-        except ConfigError as error:
-            refusal = [str(error)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(refusal, src=0)
-    if refusal[0]:
-        raise ConfigError(refusal[0])
-    return lock
 
 
 def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:

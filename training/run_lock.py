@@ -14,7 +14,28 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch.distributed as dist
+
 from .config import ConfigError
+
+
+def lock_run_folder(run_dir: Optional[str], is_main: bool, log=print) -> Optional["RunLock"]:
+    """The first rank locks the run folder; every rank raises when another run holds it."""
+    if run_dir is None:
+        return None
+    lock, refusal = None, [None]
+    if is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            if lock.stale_holder:
+                log(f"note: took over the lock of a run that is no longer running ({lock.stale_holder})")
+        except ConfigError as error:
+            refusal = [str(error)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        raise ConfigError(refusal[0])
+    return lock
 
 
 def lock_path(run_dir: str) -> Path:
