@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import mpu
-from change_mp import change_mp, main, merge, split
+from change_mp import main
+from model.checkpoint import change_mp, merge, split
 from dist_utils import assert_rel_close, run_distributed
 from glm_fixtures import blank_infilling_batch, tiny_config
 from model import GLMConfig, GLMModel

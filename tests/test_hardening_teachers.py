@@ -145,7 +145,7 @@ def test_shape_errors_name_what_differs(material, tmp_path):
 
 def test_a_missing_model_parallel_shard_is_named(material, tmp_path):
     folder, vocab, corpus, good = material
-    from change_mp import change_mp
+    from model.checkpoint import change_mp
     copy = tmp_path / "ckpt"
     shutil.copytree(good, copy)
     mp2 = change_mp(copy, 2)

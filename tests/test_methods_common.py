@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mpu
-from change_mp import merge, split
+from model.checkpoint import merge, split
 from distill.distill_model import StepInfo
 from cli_fixtures import run_script, write_corpus, write_rte, write_sorted_vocab, write_vocab
 from method_recipes import all_recipes

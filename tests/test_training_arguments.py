@@ -102,6 +102,12 @@ def test_help_lists_every_flag_with_its_help_text():
     assert "tinybert:" in text and "rl_kd:" in text  # one group per method
     done = subprocess.run([sys.executable, "finetune.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "--distill_temperature" in done.stdout and "--teacher_fp16" in done.stdout
+    for stage in ("pretrain", "finetune"):   # the original's paths run the same entry points
+        original = subprocess.run([sys.executable, f"distill/{stage}.py", "--help"], cwd=REPO_ROOT,
+                                  capture_output=True, text=True)
+        root = subprocess.run([sys.executable, f"{stage}.py", "--help"], cwd=REPO_ROOT, capture_output=True,
+                              text=True)
+        assert original.returncode == 0 and original.stdout == root.stdout
     done = subprocess.run([sys.executable, "pretrain.py", "--distill_temprature=1"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "did you mean --distill_temperature" in done.stderr

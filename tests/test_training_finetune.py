@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from change_mp import change_mp
+from model.checkpoint import change_mp
 from cli_fixtures import REPO_ROOT, finetune_flags, run_script, write_rte, write_vocab
 from glm_fixtures import tiny_config
 from model import GLMModel

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import mpu
-from change_mp import change_mp
+from model.checkpoint import change_mp
 from dist_utils import assert_rel_close, run_distributed
 from distill import DistillBatch, DistillOptions, StepInfo, TeacherInfo, build_student
 from glm_fixtures import blank_infilling_batch, reference_glm_logits, tiny_config

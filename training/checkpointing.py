@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 import mpu
-from change_mp import merge
 from model.checkpoint import (TRACKER_FILENAME, CheckpointError, atomic_torch_save, check_all_shards_present,
-                              list_shards, load_file, read_tracker, shard_filename, write_tracker)
+                              list_shards, load_file, merge, model_states, read_tracker, shard_filename,
+                              shard_states, sharding_record, write_tracker)
 
 _WRAPPER_PREFIXES = ("module.", "model.")
 
@@ -82,7 +82,6 @@ def read_model_states(checkpoint_dir: str, mp_rank: int, mp_world_size: int) -> 
         states = load_file(shards[mp_rank])
         check_all_shards_present(states, shards)
         return states
-    from change_mp import shard_states   # reshard: merge every shard, keep this rank's slice
     loaded = [load_file(path) for path in shards]
     check_all_shards_present(loaded[0], shards)
     return shard_states(merge(loaded), mp_rank, mp_world_size)
@@ -175,16 +174,15 @@ def save_checkpoint(engine, save_dir: str, tag: str, client_state: Dict[str, Any
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     _barrier()
-    client_state = {**client_state, "partition_specs": mpu.partition_specs(engine.module),
-                    "mp_world_size": mpu.get_model_parallel_world_size()}
+    mp_world_size = mpu.get_model_parallel_world_size()
     try:
         with reported_disk_full(f"checkpoint {tag}", staging, str(save_dir)):
             if hasattr(engine, "engine"):   # DeepSpeed: it writes its own files under staging/
-                engine.engine.save_checkpoint(str(save_dir), tag=staging.name, client_state=client_state,
-                                              save_latest=False)
+                engine.engine.save_checkpoint(str(save_dir), tag=staging.name, save_latest=False, client_state={
+                    **client_state, **sharding_record(engine.module, mp_world_size)})
             elif is_writer:
-                states = {"module": engine.module.state_dict(), **engine.state_dict(), **client_state}
-                atomic_torch_save(states, staging / shard_filename(mpu.get_model_parallel_rank()))
+                atomic_torch_save(model_states(engine.module, mp_world_size, **engine.state_dict(), **client_state),
+                                  staging / shard_filename(mpu.get_model_parallel_rank()))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)   # a partial save takes no disk space it cannot use
         raise

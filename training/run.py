@@ -22,7 +22,7 @@ from distill.analysis import AnalysisOptions
 from distill.random_data import RandomDataOptions
 from model import GLMModel, glm_model_of
 from model.glm import MAP_BUFFERS
-from model.checkpoint import atomic_torch_save, atomic_write_bytes, shard_filename, write_tracker
+from model.checkpoint import atomic_torch_save, atomic_write_bytes, model_states, shard_filename, write_tracker
 from tasks import Task, TaskConfig
 
 from . import engine as engines
@@ -182,11 +182,9 @@ def save_weights_fn(ctx: RunContext, module: torch.nn.Module, recorded: Dict[str
         if ctx.save_dir is None:
             return
         if mpu.get_data_parallel_rank() == 0:
-            states = {"module": module.state_dict(), "partition_specs": mpu.partition_specs(module),
-                      "mp_world_size": mpu.get_model_parallel_world_size(), **recorded}
             path = Path(ctx.save_dir) / tag / shard_filename(mpu.get_model_parallel_rank())
             with reported_disk_full(f"the {tag} weights", path, ctx.save_dir):
-                atomic_torch_save(states, path)
+                atomic_torch_save(model_states(module, mpu.get_model_parallel_world_size(), **recorded), path)
         if dist.is_initialized():
             dist.barrier()
         if not dist.is_initialized() or dist.get_rank() == 0:

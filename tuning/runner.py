@@ -94,7 +94,7 @@ def reshard_args(args: Sequence[Arg], convert: Callable[[str, int], Optional[Pat
 
 
 def change_mp_convert(path: str, mp: int) -> Optional[Path]:
-    from change_mp import change_mp   # imports torch: only when a checkpoint needs resharding
+    from model.checkpoint import change_mp   # imports torch: only when a checkpoint needs resharding
     return change_mp(path, mp)
 
 
