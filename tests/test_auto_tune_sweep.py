@@ -73,6 +73,7 @@ def workspace(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_tiny_two_task_two_stage_distillation_sweep(workspace):
     code = main(["--data_root=data", "--checkpoint_root=ckpt", "--model_path=student", "--task_t_load=tiny",
                  "--task_t_load_path=teachers.json", "--tasks=rte,cb", "--output_dir=tune", "--parallel_gpus=0;1",
@@ -146,6 +147,7 @@ def test_a_failing_run_is_retried_on_fresh_ports_then_reported(tmp_path, monkeyp
     assert "4 of 4 runs did not succeed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_usage_error_is_not_retried_and_a_stuck_run_is_stopped(tmp_path):
     common = ["--data_root=data", "--launcher=python", "--tasks=rte", "--retry_wait=0", "--del_fp16"]
     usage = _fake_launcher(tmp_path, "usage.py", exit_code=2)
@@ -161,6 +163,7 @@ def test_a_usage_error_is_not_retried_and_a_stuck_run_is_stopped(tmp_path):
     assert record["status"] == "failed" and record["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_a_stopped_sweep_stops_its_runs(tmp_path):
     stuck = tmp_path / "stuck.py"
     stuck.write_text(f"import os, time\nopen({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\n"

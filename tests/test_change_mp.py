@@ -102,6 +102,7 @@ def _load_worker(rank, world_size, checkpoint_dir, batch, expected_logits):
     return True
 
 
+@pytest.mark.slow
 def test_resharded_checkpoint_gives_the_same_logits(tmp_path):
     torch.manual_seed(9)
     model = GLMModel(tiny_config())
@@ -162,6 +163,7 @@ def test_foreign_checkpoint_without_partition_specs_is_refused(tmp_path):
         change_mp(tmp_path / "foreign", 2)
 
 
+@pytest.mark.slow
 def test_command_line(student_checkpoint):
     path, _ = student_checkpoint
     done = subprocess.run([sys.executable, "change_mp.py", str(path), "2"], cwd=REPO_ROOT, capture_output=True,

@@ -1,11 +1,14 @@
 """KD losses on vocabulary-parallel logits at MP=2 (gloo, CPU processes) equal MP=1: every
 token-level pre_loss variant, keep_batch, the gradient of each rank's logit shard, and
 AvgTeacher over two teachers. One spawn runs all the checks."""
+import pytest
 import torch
 
 from dist_utils import assert_rel_close, run_distributed
 from distill import AvgTeacher, AvgTeacherOptions, DistillBatch, DistillOptions, GLMStudent, StepInfo
 from model import ModelOutput
+
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
 
 # fp32 throughout; sharding only changes the order of the partial sums the all-reduces add
 # (errors ~1e-7), so 1e-5 relative holds with a wide margin.

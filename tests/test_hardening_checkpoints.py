@@ -16,6 +16,8 @@ import torch
 from cli_fixtures import finetune_flags, pretrain_flags, pretrained_run, run_script, write_rte
 from model.checkpoint import TRACKER_FILENAME, CheckpointError, load_file, read_tracker
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
            "--teacher_max_position_embeddings=64"]
 

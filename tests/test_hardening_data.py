@@ -222,6 +222,7 @@ def assert_run_error(done, error_type: str, *fragments: str) -> None:
         assert fragment in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_on_a_corpus_with_an_invalid_byte(tmp_path):
     corpus = write_corpus(tmp_path, num_documents=8)
     lines = corpus.read_bytes().splitlines(keepends=True)
@@ -233,6 +234,7 @@ def test_pretrain_on_a_corpus_with_an_invalid_byte(tmp_path):
     assert_nothing_saved(tmp_path / "save")
 
 
+@pytest.mark.slow
 def test_finetune_on_a_task_file_with_an_invalid_byte(tmp_path):
     data = write_rte(tmp_path, num_train=8, num_dev=4)
     train = data / "train.jsonl"
@@ -244,6 +246,7 @@ def test_finetune_on_a_task_file_with_an_invalid_byte(tmp_path):
     assert_nothing_saved(tmp_path / "save")
 
 
+@pytest.mark.slow
 def test_pretrain_with_an_empty_vocabulary(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("")

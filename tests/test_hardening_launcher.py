@@ -13,6 +13,8 @@ import pytest
 from cli_fixtures import REPO_ROOT, pretrain_flags, write_corpus, write_vocab
 from training.launcher_watch import launcher_ancestors
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 
 def _workers(marker: str, launcher_pids) -> list:
     """Processes running pretrain.py on `marker`'s folder, other than the launchers."""

@@ -16,6 +16,8 @@ from cli_fixtures import REPO_ROOT, finetune_flags, pretrain_flags, pretrained_r
 from model.checkpoint import TRACKER_FILENAME, load_file
 from test_hardening_checkpoints import digest
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):

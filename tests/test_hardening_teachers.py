@@ -11,6 +11,8 @@ from cli_fixtures import SPECIAL, WORDS, pretrain_flags, pretrained_run, run_scr
 from model.checkpoint import CheckpointError, read_tracker
 from test_hardening_checkpoints import digest
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
            "--teacher_max_position_embeddings=64"]
 KD = ["--student_model=kd", "--distill_pt_soft"]

@@ -113,6 +113,7 @@ def _truncate_worker(rank, world_size, teacher_state, student_state, specs):
     return _state(student)
 
 
+@pytest.mark.slow
 def test_mp2_truncation_equals_mp1():
     teacher, student = _glm(0, **TEACHER), _glm(1, **STUDENT)
     _random_qkv_biases(teacher, seed=2)

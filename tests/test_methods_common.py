@@ -187,6 +187,7 @@ def test_checkpoint_saves_reshards_and_reloads(name, recipe, material):
     assert again.method_state().keys() == student.method_state().keys()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,recipe", CASES)
 def test_recipe_runs_end_to_end(name, recipe, material, tmp_path):
     argv = [*_argv(recipe, material), f"--save={tmp_path}", "--experiment-name=run", "--batch-size=4",

@@ -214,6 +214,7 @@ def _mp2_worker(rank, world_size, inputs, expected):
     return True
 
 
+@pytest.mark.slow
 def test_every_variant_at_mp2_matches_mp1():
     inputs = make_inputs()
     expected = [_reference(case, inputs) for case in CASES]

@@ -294,6 +294,7 @@ def _mp_worker(rank, world_size, expected):
     return True
 
 
+@pytest.mark.slow
 def test_every_case_at_mp2_matches_mp1():
     expected = {case: loss_and_grads(case) for case in CASES}
     assert run_distributed(_mp_worker, 2, expected) == [True, True]

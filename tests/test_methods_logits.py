@@ -639,6 +639,7 @@ def _mp2_worker(rank, world_size, inputs, expected_losses, states, expected_metr
     return True
 
 
+@pytest.mark.slow
 def test_losses_and_analysis_at_mp2_match_mp1():
     inputs = token_inputs()
     expected_losses = _all_losses(inputs, lambda full: full.clone())

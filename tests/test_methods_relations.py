@@ -524,6 +524,7 @@ def _mp_worker(rank, world_size, states, expected):
     return True
 
 
+@pytest.mark.slow
 def test_losses_at_mp2_match_mp1():
     states = {}
     for key in sorted(METHODS):

@@ -546,6 +546,7 @@ def _parallel_worker(rank, world_size, all_states, expected, gather_expected):
     return True
 
 
+@pytest.mark.slow
 def test_mp2_equals_mp1_and_dp2_gather_equals_the_full_batch():
     all_states = {name: full_states(name) for name, _ in MP_CASES}
     expected = _mp_losses(all_states)

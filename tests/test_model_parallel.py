@@ -10,6 +10,8 @@ from dist_utils import assert_rel_close, run_distributed
 from glm_fixtures import blank_infilling_batch, tiny_config
 from model import GLMForMultiTokenCloze, GLMModel, language_model_loss
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 # fp32 throughout; sharding only changes the order of the partial sums that the all-reduces
 # add up (errors ~1e-7), so the bound of 1e-5 relative holds with a wide margin.
 RTOL = 1e-5

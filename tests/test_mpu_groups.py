@@ -1,9 +1,12 @@
 """Process groups, broadcast_data and clip_grad_norm on 4 gloo processes (MP=2 x DP=2)."""
+import pytest
 import torch
 import torch.distributed as dist
 
 import mpu
 from dist_utils import run_distributed
+
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
 
 
 def _groups_worker(rank, world_size):

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import mpu
 from dist_utils import assert_rel_close, run_distributed
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 # fp32 math on the same data; sharding only reorders sums over partitions (all-reduce),
 # which changes results at the 1e-7 level, well inside the 1e-5 bound.
 RTOL = 1e-5

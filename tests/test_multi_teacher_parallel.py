@@ -4,6 +4,7 @@ projections of teachers of different widths), Uncertainty (soft and hard routing
 over the whole vocabulary), RL-KD over two steps (its row-parallel agent over the teachers'
 logit shards) and MixMT. The combiners' parameters are built once at MP=1 and split by their
 partition metadata. One spawn runs every check."""
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,8 @@ from distill import DistillBatch, DistillOptions, GLMStudent, StepInfo, TeacherI
 from distill.losses import custom_mean
 from distill.multi_teacher_model import CombinerContext
 from model import ModelOutput
+
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
 
 # fp32 throughout; sharding only changes the order of the partial sums the all-reduces add
 # (errors ~1e-7 relative), so 1e-5 relative holds with a wide margin.

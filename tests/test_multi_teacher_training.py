@@ -151,6 +151,7 @@ def rl_kd_run(material):
     return save / "run"
 
 
+@pytest.mark.slow
 def test_rl_kd_resumed_in_the_middle_reproduces_the_uninterrupted_run(material, rl_kd_run, tmp_path):
     resumed = tmp_path / "resumed" / "run"
     shutil.copytree(rl_kd_run, resumed)

@@ -95,6 +95,7 @@ def test_typed_sections_and_validation():
     json.dumps(config.to_dict())  # the record saved with checkpoints is plain JSON
 
 
+@pytest.mark.slow
 def test_help_lists_every_flag_with_its_help_text():
     text = build_help("finetune", "finetune.py")
     for flag in FLAGS:

@@ -10,6 +10,8 @@ import pytest
 from cli_fixtures import pretrain_flags, pretrained_run, run_script
 from model.checkpoint import TRACKER_FILENAME
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
            "--teacher_max_position_embeddings=64"]
 

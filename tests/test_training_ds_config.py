@@ -352,6 +352,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 def test_deepspeed_accepts_the_cpu_config_and_takes_a_step():
     """A single-process deepspeed.initialize on CPU. The first run JIT-builds DeepSpeed's

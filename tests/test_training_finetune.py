@@ -3,6 +3,7 @@ kept and pointed to, the scores file auto_tune reads, predictions in the submiss
 and weights loaded from a checkpoint of another model-parallel size."""
 import json
 
+import pytest
 import torch
 
 from model.checkpoint import change_mp
@@ -13,6 +14,7 @@ from model.checkpoint import model_states, read_tracker, save_model_shard
 from training.checkpointing import load_model_weights
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_best_weights_and_writes_scores_and_predictions(tmp_path):
     vocab, data = write_vocab(tmp_path), write_rte(tmp_path)
     scores = tmp_path / "scores.json"
@@ -47,6 +49,7 @@ def test_weights_load_from_a_checkpoint_of_another_model_parallel_size(tmp_path)
         assert torch.equal(target.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 def test_the_deepspeed_configs_micro_batch_sizes_the_data(tmp_path):
     """The JSON's train_micro_batch_size_per_gpu (4) wins over --batch-size=8 (spec 4.7), in the
     data too: 64 training examples make 16 steps per epoch, not 8."""

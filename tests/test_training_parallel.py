@@ -12,6 +12,8 @@ from dist_utils import run_distributed
 from training_fixtures import (ListBatches, full_state, global_batches, make_trainer, sharded_model, torch_engine,
                                cpu_env)
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 STEPS, GLOBAL_BATCH = 4, 4
 # fp32 everywhere; partial sums are reduced in another order across ranks (~1e-7 relative per
 # step), and AdamW turns that into tiny parameter differences: 2e-5 relative bounds four steps.

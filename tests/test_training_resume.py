@@ -14,6 +14,8 @@ import torch
 from cli_fixtures import REPO_ROOT, pretrain_flags, run_script, write_corpus, write_vocab
 from model.checkpoint import TRACKER_FILENAME, load_model_shard
 
+pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
+
 STEPS, SAVE_EVERY = 40, 5
 TEACHER = ["--teacher_num_layers=2", "--teacher_hidden_size=32", "--teacher_num_attention_heads=4",
            "--teacher_max_position_embeddings=64"]

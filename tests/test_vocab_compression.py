@@ -340,6 +340,7 @@ def _mp2_worker(rank, world_size, checkpoint_dir, batch, expected, loss_inputs, 
     return True
 
 
+@pytest.mark.slow
 def test_mp2_matches_mp1_and_checkpoints_reshard_1_2_1(tmp_path):
     model = compressed_glm(seed=11)
     ids, position, sep, _, _ = blank_infilling_batch(seed=5)

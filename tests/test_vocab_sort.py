@@ -132,6 +132,7 @@ def test_counts_do_not_depend_on_the_encoding_chunk(tiny):
         assert {i: int(c) for i, c in enumerate(counted.counts) if c} == dict(expected)
 
 
+@pytest.mark.slow
 def test_cli_matches_the_function_and_is_deterministic(tiny, tmp_path):
     vocab, folder, _ = tiny
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
