@@ -18,6 +18,8 @@ from model import ModelOutput, glm_model_of
 
 from .losses import custom_mean, soft_loss, zero_loss
 from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, non_pad_rows, restrict_columns
+from .options import option
+from .registry import Registry
 
 Metrics = Dict[str, Tensor]
 STAGES = ("pretrain", "finetune")
@@ -39,23 +41,25 @@ class DistillOptions:
     with `distill_logit_mask_pad`. `distill_logit_mask_map`: under vocabulary compression, every
     logits KL (this term, GLMD's, and the token-level soft term) runs over the kept ids only.
     """
-    distill_ft_soft: bool = False
-    distill_ft_hard: bool = False
-    distill_pt_soft: bool = False
-    distill_pt_hard: bool = False
-    distill_soft_rate: float = 1.0
-    distill_hard_rate: float = 1.0
-    distill_temperature: float = 1.0
-    distill_wo_loss_mask: bool = False
-    distill_only_mask_pad: bool = False
-    distill_ft_soft_kl: bool = False
-    distill_pt_soft_ce: bool = False
-    distill_ft_soft_mse: bool = False
-    distill_pt_soft_mse: bool = False
-    distill_logits_parallel: bool = False
-    distill_logit_mask_pad: bool = False
-    distill_logit_mse: bool = False
-    distill_logit_mask_map: bool = False
+    distill_ft_soft: bool = option(False, "Enable the soft-label term in fine-tuning.")
+    distill_ft_hard: bool = option(False, "Enable the hard-label term in fine-tuning.")
+    distill_pt_soft: bool = option(False, "Enable the soft-label term in pretraining.")
+    distill_pt_hard: bool = option(False, "Enable the hard-label term in pretraining.")
+    distill_soft_rate: float = option(1.0, "Weight of the soft-label term.")
+    distill_hard_rate: float = option(
+        1.0, "Weight of the hard-label term (also used by the combiners' built-in hard term).")
+    distill_temperature: float = option(1.0, "Temperature of the soft terms and the logits KL.")
+    distill_wo_loss_mask: bool = option(False, "Apply soft labels without any mask.")
+    distill_only_mask_pad: bool = option(False, "Mask soft labels only at padding instead of the Part-B mask.")
+    distill_ft_soft_kl: bool = option(False, "Fine-tuning soft term by T^2 KL instead of CE.")
+    distill_pt_soft_ce: bool = option(False, "Pretraining soft term by CE instead of T^2 KL.")
+    distill_ft_soft_mse: bool = option(False, "Fine-tuning soft term by MSE on raw logits.")
+    distill_pt_soft_mse: bool = option(False, "Pretraining soft term by MSE on raw logits.")
+    distill_logits_parallel: bool = option(False, "Add the all-position LM-logits KL as an intermediate loss.")
+    distill_logit_mask_pad: bool = option(False, "Mask padding in the --distill_logits_parallel loss.")
+    distill_logit_mse: bool = option(False, "Use MSE for the --distill_logits_parallel loss.")
+    distill_logit_mask_map: bool = option(
+        False, "Restrict logits distillation to the kept vocabulary under compression.")
 
     CONFLICTS = (("distill_ft_soft_kl", "distill_ft_soft_mse"), ("distill_pt_soft_ce", "distill_pt_soft_mse"),
                  ("distill_wo_loss_mask", "distill_only_mask_pad"))
@@ -173,6 +177,8 @@ class GLMStudent(nn.Module):
     applies with `keep_vars=True` and when the student is nested in another module.
     """
     name = "kd"
+    flag_prefix: Optional[str] = None   # the prefix of its options' names (default: name + "_")
+    composes_others = False   # True: built of other methods, so it takes their options too (MixBaseline)
     # The typed options of the method's own flags (a frozen dataclass whose fields are the flag
     # names, e.g. `tinybert_wo_inter`), or None when it has none.
     options_class: Optional[type] = None
@@ -380,24 +386,22 @@ class GLMStudent(nn.Module):
 
 
 # --------------------------------------------------------------------------- registry
-STUDENT_MODELS: Dict[str, Type[GLMStudent]] = {}
+STUDENT_MODELS = Registry("--student_model", GLMStudent)
 
 
 def register_student(cls: Type[GLMStudent]) -> Type[GLMStudent]:
-    """Class decorator: register `cls` under `cls.name`."""
-    if not (isinstance(cls, type) and issubclass(cls, GLMStudent)):
-        raise TypeError(f"{cls!r} is not a GLMStudent subclass")
-    if cls.name in STUDENT_MODELS and STUDENT_MODELS[cls.name] is not cls:
-        raise ValueError(f"student model {cls.name!r} is already registered by {STUDENT_MODELS[cls.name].__name__}")
-    STUDENT_MODELS[cls.name] = cls
-    return cls
+    """Class decorator: register a method under `cls.name`; its `options_class` fields are its flags."""
+    return STUDENT_MODELS.register()(cls)
 
 
 register_student(GLMStudent)
 
 
-def method_options_for(cls: Type[GLMStudent], values: Optional[Mapping[str, object]]):
-    """`cls`'s typed options from {flag name: value} (`GLMStudent.options_from_flags`)."""
+def method_options_for(cls: Type[GLMStudent], values):
+    """`cls`'s typed options: `values` itself when it is one already, else built from
+    {flag name: value} (`GLMStudent.options_from_flags`)."""
+    if cls.options_class is not None and isinstance(values, cls.options_class):
+        return values
     return cls.options_from_flags(values or {})
 
 

@@ -20,6 +20,7 @@ from model import glm_model_of
 from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
 from .losses_glmd import non_pad_rows
 from .methods_relations import fold_rows
+from .options import option
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,15 @@ class LogitsDistilOptions:
     the top-n ids plus a hinge); wo_inter: no logits loss (ft2); teacher_input_ids_map: with
     vocabulary compression, the teacher reads the same replacement tokens as the student;
     mask_a: only Part-B / answer positions."""
-    logitsdistil_mask_pad: bool = False
-    logitsdistil_mse: bool = False
-    logitsdistil_top_n: Optional[float] = None
-    logitsdistil_teacher_min: bool = False
-    logitsdistil_wo_inter: bool = False
-    logitsdistil_teacher_input_ids_map: bool = False
-    logitsdistil_mask_a: bool = False
+    logitsdistil_mask_pad: bool = option(False, "Zero the logits at padding positions.")
+    logitsdistil_mse: bool = option(False, "Use MSE instead of KL.")
+    logitsdistil_top_n: Optional[float] = option(
+        None, "Distil only the teacher's top-n logits; a value in (0,1) is a fraction of the vocabulary.")
+    logitsdistil_teacher_min: bool = option(False, "Top-n by filling the teacher's other logits with its minimum.")
+    logitsdistil_wo_inter: bool = option(False, "Disable the logits loss (second fine-tuning stage).")
+    logitsdistil_teacher_input_ids_map: bool = option(
+        False, "Map the teacher's input ids like the compressed student's.")
+    logitsdistil_mask_a: bool = option(False, "Distil only Part-B or answer positions.")
 
     def __post_init__(self):
         top_n = self.logitsdistil_top_n

@@ -21,6 +21,7 @@ from .layer_mapping import hidden_tap, random_layers, stride_layers, uniform_lay
 from .losses import custom_mean, soft_loss, zero_loss
 from .losses_hidden import (attention_kl, attention_mse, cosine_distance, hidden_mse, patience_mse, relation_kl,
                             split_relation_heads)
+from .options import option
 
 TapPairs = List[Tuple[str, str]]   # (student tap, teacher tap)
 
@@ -63,20 +64,20 @@ def check_teachers(student: GLMStudent, config: GLMConfig, field: str, why: str)
 class TinyBERTOptions:
     """TinyBERT flags (spec 3.4). `tinybert_fit_parallel`/`tinybert_fit_compatible_mt` are
     always in effect here (one ColumnParallelLinear per teacher), so setting them changes nothing."""
-    tinybert_inter_final: bool = False
-    tinybert_only_emb_final: bool = False
-    tinybert_custom_final: int = 1
-    tinybert_only_emb: bool = False
-    tinybert_wo_att: bool = False
-    tinybert_wo_inter: bool = False
-    tinybert_wo_final: bool = False
-    tinybert_wo_emb: bool = False
-    tinybert_fit_parallel: bool = False
-    tinybert_fit_compatible_mt: bool = False
-    tinybert_random_layers: bool = False
-    tinybert_random_e: int = 1
-    tinybert_random_i: int = 3000
-    tinybert_random_show: bool = False
+    tinybert_inter_final: bool = option(False, "Match only the final hidden state.")
+    tinybert_only_emb_final: bool = option(False, "Match only the embedding and final hidden states.")
+    tinybert_custom_final: int = option(1, "Which state is final: 1 the output, 2 the second-to-last layer.")
+    tinybert_only_emb: bool = option(False, "Match only the embedding hidden state.")
+    tinybert_wo_att: bool = option(False, "Drop the attention-score MSE.")
+    tinybert_wo_inter: bool = option(False, "No intermediate-layer loss (second fine-tuning stage).")
+    tinybert_wo_final: bool = option(False, "Drop the final output state.")
+    tinybert_wo_emb: bool = option(False, "Drop the embedding state.")
+    tinybert_fit_parallel: bool = option(False, "Make the projection fit_dense a ColumnParallelLinear.")
+    tinybert_fit_compatible_mt: bool = option(False, "One projection per teacher, for teachers of different widths.")
+    tinybert_random_layers: bool = option(False, "Re-sample the intermediate teacher layers at random.")
+    tinybert_random_e: int = option(1, "Re-sample the layers every e epochs (takes priority when > 0).")
+    tinybert_random_i: int = option(3000, "Re-sample the layers every i iterations when --tinybert_random_e is 0.")
+    tinybert_random_show: bool = option(False, "Print the sampled teacher layers.")
 
     def __post_init__(self):
         selectors = [n for n in ("tinybert_inter_final", "tinybert_only_emb_final", "tinybert_only_emb")
@@ -205,10 +206,11 @@ class TinyBERT(GLMStudent):
 class MiniLMv2Options:
     """MiniLMv2 flags (spec 3.5). `minilmv2_teacher_layer` is 1-based (negative: from the end);
     `minilmv2_relation_heads_mt` ("48,64") gives one relation-head count per teacher."""
-    minilmv2_relation_heads: int = 48
-    minilmv2_teacher_layer: int = 12
-    minilmv2_wo_inter: bool = False
-    minilmv2_relation_heads_mt: Optional[str] = None
+    minilmv2_relation_heads: int = option(48, "Number of relation heads (48 for base, 64 for large).")
+    minilmv2_teacher_layer: int = option(12, "Teacher layer, 1-based; negative counts from the end.")
+    minilmv2_wo_inter: bool = option(False, "Disable the relation loss.")
+    minilmv2_relation_heads_mt: Optional[str] = option(
+        None, "Comma list of relation heads, one per teacher; overrides --minilmv2_relation_heads.")
 
     def __post_init__(self):
         if self.minilmv2_relation_heads < 1:
@@ -339,12 +341,13 @@ class DistilBERTOptions:
     """DistilBERT flags (spec 3.7): the loss weights, the fixed-LayerNorm variant, and which
     tokens the cosine / the soft KL cover (the Part-B mask by default, non-pad tokens with
     the *_mask_padding switches)."""
-    distilbert_alpha_ce: float = 1.0
-    distilbert_alpha_mlm: float = 1.0
-    distilbert_alpha_cos: float = 1.0
-    distilbert_fix_layernorm: bool = False
-    distilbert_cos_mask_padding: bool = False
-    distilbert_ce_mask_padding: bool = False
+    distilbert_alpha_ce: float = option(1.0, "Weight of the soft-logit KL.")
+    distilbert_alpha_mlm: float = option(1.0, "Weight of the hard MLM loss.")
+    distilbert_alpha_cos: float = option(1.0, "Weight of the cosine loss on the final hidden states.")
+    distilbert_fix_layernorm: bool = option(False, "Match the last layer's tf_output through fixed LayerNorms.")
+    distilbert_cos_mask_padding: bool = option(False, "Cosine loss over all non-pad tokens instead of the Part-B mask.")
+    distilbert_ce_mask_padding: bool = option(
+        False, "Soft-logit KL over all non-pad tokens instead of the Part-B mask.")
 
 
 @register_student
@@ -427,12 +430,12 @@ class DistilBERT(GLMStudent):
 class PKDOptions:
     """PKD flags (spec 3.8): pre_loss = (1 - pkd_alpha) hard + pkd_alpha soft, plus
     pkd_beta * the patient loss on stride-mapped hidden states."""
-    pkd_normalized_patience: bool = False
-    pkd_alpha: float = 0.5
-    pkd_beta: float = 100.0
-    pkd_use_embed: bool = False
-    pkd_wo_final: bool = False
-    pkd_only_cls: bool = False
+    pkd_normalized_patience: bool = option(False, "L2-normalise the matched hidden states.")
+    pkd_alpha: float = option(0.5, "Weight of the soft term; the hard term gets 1 - alpha.")
+    pkd_beta: float = option(100.0, "Weight of the patient intermediate-layer loss.")
+    pkd_use_embed: bool = option(False, "Include the embedding layer in the matched layers.")
+    pkd_wo_final: bool = option(False, "Exclude the teacher's final output from the matched layers.")
+    pkd_only_cls: bool = option(False, "Match only the [CLS] position.")
 
 
 @register_student

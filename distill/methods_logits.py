@@ -20,6 +20,7 @@ from .distill_model import (STUDENT_MODELS, DistillBatch, DistillOptions, GLMStu
                             TeacherInfo, method_options_for, register_student)
 from .losses import zero_loss
 from .losses_logits import annealing_phi, continuation_loss, continuation_psi
+from .options import option
 
 
 def _uses_soft_mse(options: DistillOptions) -> bool:
@@ -31,7 +32,7 @@ def _uses_soft_mse(options: DistillOptions) -> bool:
 @dataclass(frozen=True)
 class AnnealingKDOptions:
     """annealing_kd_max_t: T_max, the number of annealing segments (phi starts at 1/T_max)."""
-    annealing_kd_max_t: float = 7.0
+    annealing_kd_max_t: float = option(7.0, "Maximum annealing temperature.")
 
     def __post_init__(self):
         annealing_phi(0, 1, self.annealing_kd_max_t)   # validates max_t
@@ -83,10 +84,10 @@ class ContinuationKDOptions:
     """max_t: T_max of phi (as Annealing-KD); margin: the soft-loss hinge margin * phi;
     psi_sep: fraction of training after which psi = 1; psi_denominator: psi = it /
     (psi_denominator * T_total) before that."""
-    continuation_kd_max_t: float = 10.0
-    continuation_kd_margin: float = 1.0
-    continuation_kd_psi_sep: float = 0.666
-    continuation_kd_psi_denominator: float = 1.333
+    continuation_kd_max_t: float = option(10.0, "Maximum annealing temperature.")
+    continuation_kd_margin: float = option(1.0, "Margin of the hinge on the soft loss.")
+    continuation_kd_psi_sep: float = option(0.666, "Fraction of training after which only the hard loss is used.")
+    continuation_kd_psi_denominator: float = option(1.333, "Denominator of the hard-loss weight schedule.")
 
     def __post_init__(self):
         annealing_phi(0, 1, self.continuation_kd_max_t)
@@ -160,16 +161,18 @@ class MixBaselineOptions:
     """MixBaseline's own flags. The *_bl flags are comma lists of component methods, by
     registry name or by the original's class name (case-insensitive: TinyBERT, MiniLMv2,
     MiniLM, DistilBERT, KD, ...). `mixbaseline_{name}_t` is component `name`'s temperature
-    (only TinyBERT has one). `component_flags` keeps the run's flags, from which each
-    component builds its own typed options (e.g. --minilmv2_relation_heads)."""
-    mixbaseline_wo_inter: bool = False
-    mixbaseline_tinybert_t: float = 1.0
-    mixbaseline_inter_bl: str = ""
-    mixbaseline_pre_bl_pt_soft: str = ""
-    mixbaseline_pre_bl_ft_soft: str = ""
-    mixbaseline_inter_checkpoint: bool = False
-    # Every flag of the run, from which each component builds its own typed options.
-    component_flags: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    (only TinyBERT has one). `components` holds every other method's typed options, built
+    from the run's flags (e.g. --minilmv2_relation_heads), for the components to take theirs."""
+    mixbaseline_wo_inter: bool = option(False, "Disable the intermediate losses of all components.")
+    mixbaseline_tinybert_t: float = option(1.0, "Temperature of the TinyBERT component.")
+    mixbaseline_inter_bl: str = option("", "Comma list of component classes whose intermediate losses are summed.")
+    mixbaseline_pre_bl_pt_soft: str = option(
+        "", "Comma list of components whose prediction loss is used in pretraining.")
+    mixbaseline_pre_bl_ft_soft: str = option(
+        "", "Comma list of components whose prediction loss is added in fine-tuning.")
+    mixbaseline_inter_checkpoint: bool = option(
+        False, "Wrap each component's intermediate loss in activation checkpointing.")
+    components: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)   # {method: options}
 
     def __post_init__(self):
         t = self.mixbaseline_tinybert_t
@@ -250,10 +253,14 @@ class MixBaseline(GLMStudent):
     options_class = MixBaselineOptions
     inherits_base_inter_loss = True
 
+    composes_others = True
+
     @classmethod
     def options_from_flags(cls, values: Mapping[str, object]) -> MixBaselineOptions:
-        own = {f.name for f in fields(MixBaselineOptions)} - {"component_flags"}
-        return MixBaselineOptions(**{k: v for k, v in values.items() if k in own}, component_flags=dict(values))
+        own = {f.name for f in fields(MixBaselineOptions)} - {"components"}
+        components = {name: method_options_for(method, values) for name, method in STUDENT_MODELS.items()
+                      if method is not cls and method.options_class is not None}
+        return MixBaselineOptions(**{k: v for k, v in values.items() if k in own}, components=components)
 
     def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
                  method_options: Optional[MixBaselineOptions] = None):
@@ -267,9 +274,8 @@ class MixBaseline(GLMStudent):
             warnings.warn("mixbaseline without components (--mixbaseline_inter_bl/--mixbaseline_pre_bl_*) is KD",
                           stacklevel=2)
         self.components = nn.ModuleDict()
-        values = dict(opts.component_flags)
         for name in dict.fromkeys(n for names in lists.values() for n in names):
-            self.components[name] = self._build_component(name, model, values)
+            self.components[name] = self._build_component(name, model, opts.components.get(name))
         self.supports_activation_checkpointing = all(c.supports_activation_checkpointing
                                                      for c in self.components.values())
         overriding = [n for n, c in self.components.items() if type(c).forward is not GLMStudent.forward]
@@ -277,9 +283,9 @@ class MixBaseline(GLMStudent):
             raise ValueError(f"components {overriding} all override forward; at most one may")
         self._forward_owner: Optional[str] = overriding[0] if overriding else None
 
-    def _build_component(self, name: str, model: nn.Module, values: dict) -> GLMStudent:
+    def _build_component(self, name: str, model: nn.Module, options) -> GLMStudent:
         cls = STUDENT_MODELS[name]
-        component_options = method_options_for(cls, values)
+        component_options = method_options_for(cls, options)
         overrides = {f: False for f in _ONCE_ONLY_OPTIONS if f in {x.name for x in fields(DistillOptions)}}
         # --mixbaseline_<name>_t: MixBaseline's own flag (TinyBERT), or one a component declares
         temperature = self.method_options.temperature(name)

@@ -28,6 +28,7 @@ from .losses import zero_loss
 from .losses_relations import (alp_kd_loss, ckd_ltr_angle, ckd_ltr_dist, ckd_wr_angle, ckd_wr_dist,
                                mgskd_sample_loss, mgskd_token_loss, normalized_squared_distance, span_lengths,
                                span_mask, span_means, universal_kd_loss)
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +86,16 @@ class RailKDOptions:
     layers (else layer-wise); has_embed / has_final: also match representation 0 / the output;
     rail_kd_no_random: fixed stride layers; rail_kd_show_hook_change: log every new sample.
     rail_kd_layer_wise_alpha: parsed but unused, as in the original (a warning when set)."""
-    rail_kd_inter_rate: float = 0.3334
-    rail_kd_layer_wise_alpha: float = 1.0
-    rail_kd_u: int = 128
-    rail_kd_epochs: int = 1
-    rail_kd_iters: int = 3000
-    rail_kd_concatenated: bool = False
-    rail_kd_has_embed: bool = False
-    rail_kd_has_final: bool = False
-    rail_kd_show_hook_change: bool = False
-    rail_kd_no_random: bool = False
+    rail_kd_inter_rate: float = option(0.3334, "Weight of the intermediate loss.")
+    rail_kd_layer_wise_alpha: float = option(1.0, "Layer-wise alpha; parsed but unused in the original.")
+    rail_kd_u: int = option(128, "Projection dimension.")
+    rail_kd_epochs: int = option(1, "Re-sample the teacher layers every N epochs (takes priority when > 0).")
+    rail_kd_iters: int = option(3000, "Re-sample the teacher layers every N iterations when --rail_kd_epochs is 0.")
+    rail_kd_concatenated: bool = option(False, "Concatenated RAIL-KD instead of layer-wise.")
+    rail_kd_has_embed: bool = option(False, "Include the embedding layer.")
+    rail_kd_has_final: bool = option(False, "Include the final output.")
+    rail_kd_show_hook_change: bool = option(False, "Print the sampled teacher layers.")
+    rail_kd_no_random: bool = option(False, "Use fixed stride layers instead of random ones.")
 
     def __post_init__(self):
         if self.rail_kd_u < 1 or self.rail_kd_epochs < 0 or self.rail_kd_iters < 0:
@@ -200,15 +201,15 @@ class MGSKDOptions:
     tokens and k2 neighbours per token for the triplet angles (clamped to the length);
     mgskd_multi_heads relation heads (must divide both widths); int(S * mgskd_span_max_rate)
     random spans per step; mgskd_wo_inter disables the loss (second fine-tuning stage)."""
-    mgskd_weight_sample: float = 4.0
-    mgskd_weight_token: float = 1.0
-    mgskd_weight_span: float = 1.0
-    mgskd_sample_level_m: int = 2
-    mgskd_triplet_k1: int = 20
-    mgskd_triplet_k2: int = 20
-    mgskd_multi_heads: int = 64
-    mgskd_span_max_rate: float = 0.4
-    mgskd_wo_inter: bool = False
+    mgskd_weight_sample: float = option(4.0, "Weight of the sample-level loss.")
+    mgskd_weight_token: float = option(1.0, "Weight of the token-level loss.")
+    mgskd_weight_span: float = option(1.0, "Weight of the span-level loss.")
+    mgskd_sample_level_m: int = option(2, "Representations from this index on use the sample-level loss.")
+    mgskd_triplet_k1: int = option(20, "Number of global tokens of the triplet angle loss.")
+    mgskd_triplet_k2: int = option(20, "Number of local neighbours per global token.")
+    mgskd_multi_heads: int = option(64, "Number of relation heads the hidden states are split into.")
+    mgskd_span_max_rate: float = option(0.4, "Number of spans as a fraction of the sequence length.")
+    mgskd_wo_inter: bool = option(False, "Disable the intermediate loss (second fine-tuning stage).")
 
     def __post_init__(self):
         if min(self.mgskd_triplet_k1, self.mgskd_triplet_k2, self.mgskd_multi_heads) < 1:
@@ -311,11 +312,11 @@ class MGSKD(GLMStudent):
 class CKDOptions:
     """ckd_window_size: tokens (odd) around each token for the word-relation angles; the four
     weights of word-relation (WR) / layer-transforming-relation (LTR) distance and angle."""
-    ckd_window_size: int = 21
-    ckd_wrdist_w: float = 1.0
-    ckd_ltrdist_w: float = 1.0
-    ckd_wrangle_w: float = 10.0
-    ckd_ltrangle_w: float = 10.0
+    ckd_window_size: int = option(21, "Window of tokens of the word-relation angle loss.")
+    ckd_wrdist_w: float = option(1.0, "Weight of the word-relation distance loss.")
+    ckd_ltrdist_w: float = option(1.0, "Weight of the layer-transforming-relation distance loss.")
+    ckd_wrangle_w: float = option(10.0, "Weight of the word-relation angle loss.")
+    ckd_ltrangle_w: float = option(10.0, "Weight of the layer-transforming-relation angle loss.")
 
     def __post_init__(self):
         if self.ckd_window_size < 1 or self.ckd_window_size % 2 == 0:
@@ -370,7 +371,7 @@ class CKD(GLMStudent):
 @dataclass(frozen=True)
 class ALPKDOptions:
     """alp_kd_lambda: weight of the attention-based layer-projection loss."""
-    alp_kd_lambda: float = 0.2
+    alp_kd_lambda: float = option(0.2, "Weight of the ALP loss; parsed but unused in the original.")
 
     def __post_init__(self):
         if not math.isfinite(self.alp_kd_lambda):
@@ -425,11 +426,11 @@ class UniversalKDOptions:
     """universal_kd_wo_inter: no loss (second stage); universal_kd_cg: match only the outputs;
     universal_kd_avg: pool by the sequence mean instead of [CLS]; universal_kd_gamma: weight;
     universal_kd_size: projection size (0: the student's width)."""
-    universal_kd_wo_inter: bool = False
-    universal_kd_cg: bool = False
-    universal_kd_avg: bool = False
-    universal_kd_gamma: float = 0.5
-    universal_kd_size: int = 0
+    universal_kd_wo_inter: bool = option(False, "Disable the intermediate loss (second fine-tuning stage).")
+    universal_kd_cg: bool = option(False, "Match only the final output (CG) instead of all layers.")
+    universal_kd_avg: bool = option(False, "Pool layers by the sequence mean instead of [CLS].")
+    universal_kd_gamma: float = option(0.5, "Weight of the intermediate loss.")
+    universal_kd_size: int = option(0, "Projection size; 0 means the student's hidden size.")
 
     def __post_init__(self):
         if self.universal_kd_size < 0:

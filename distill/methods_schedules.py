@@ -25,6 +25,7 @@ from .losses import zero_loss
 from .losses_hidden import cosine_distance, head_parallel_mean, hidden_mse
 from .losses_schedules import (alignment_points, attention_score_kl, consecutive_masks, cos_nce, interchange,
                                leading_masks, progressive_unlock_due, random_masks, theseus_keep_rate)
+from .options import option
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -112,15 +113,17 @@ def _generator_state(generator: torch.Generator, state: dict, method: str, known
 # --------------------------------------------------------------------------- DIITO
 @dataclass(frozen=True)
 class DIITOOptions:
-    diito_alignment: str = "full"
-    diito_interchange_prop: float = 0.3
-    diito_interchange_way: str = "consecutive"
-    diito_interchange_max_token: int = -1
-    diito_alpha_mlm: float = 1.0
-    diito_alpha_ce: float = 1.0
-    diito_alpha_causal_ce: float = 1.0
-    diito_alpha_cos: float = 1.0
-    diito_alpha_causal_cos: float = 1.0
+    diito_alignment: str = option(
+        "full", "Alignment points of the interchange intervention.", choices=('full', 'middle', 'late'))
+    diito_interchange_prop: float = option(0.3, "Fraction of tokens interchanged.")
+    diito_interchange_way: str = option(
+        "consecutive", "How the interchanged positions are chosen.", choices=('consecutive', 'masked', 'random'))
+    diito_interchange_max_token: int = option(-1, "Maximum interchanged tokens; -1 means unlimited.")
+    diito_alpha_mlm: float = option(1.0, "Weight of the hard MLM loss.")
+    diito_alpha_ce: float = option(1.0, "Weight of the soft KL on the normal pass.")
+    diito_alpha_causal_ce: float = option(1.0, "Weight of the soft KL on the interchanged pass.")
+    diito_alpha_cos: float = option(1.0, "Weight of the cosine loss on the normal pass.")
+    diito_alpha_causal_cos: float = option(1.0, "Weight of the cosine loss on the interchanged pass.")
 
     def __post_init__(self):
         if self.diito_alignment not in ("full", "middle", "late"):
@@ -252,8 +255,8 @@ class DIITO(GLMStudent):
 # --------------------------------------------------------------------------- SID
 @dataclass(frozen=True)
 class SIDOptions:
-    sid_accumulate_t: float = 0.0
-    sid_lim_e: str = "avg"
+    sid_accumulate_t: float = option(0.0, "Unlock the next layer when the cosine loss falls below this threshold.")
+    sid_lim_e: str = option("avg", "Layer-unlocking schedule; avg unlocks layers evenly over training.")
 
     def __post_init__(self):
         if self.sid_lim_e != "avg":
@@ -335,8 +338,8 @@ class SID(GLMStudent):
 # --------------------------------------------------------------------------- Theseus
 @dataclass(frozen=True)
 class TheseusOptions:
-    theseus_replacing_rate: float = 0.3
-    theseus_not_replaced_steps: float = 0.66
+    theseus_replacing_rate: float = option(0.3, "Initial probability of keeping a student layer.")
+    theseus_not_replaced_steps: float = option(0.66, "Fraction of training after which only student layers are used.")
 
     def __post_init__(self):
         if not 0.0 <= self.theseus_replacing_rate <= 1.0:
@@ -442,9 +445,9 @@ class Theseus(GLMStudent):
 # --------------------------------------------------------------------------- LRC-BERT
 @dataclass(frozen=True)
 class LRCBertOptions:
-    lrc_bert_alpha: float = 1.0
-    lrc_bert_gard_perturb: bool = False
-    lrc_bert_gather_dp: bool = False
+    lrc_bert_alpha: float = option(1.0, "Weight of the contrastive intermediate loss.")
+    lrc_bert_gard_perturb: bool = option(False, "Train with gradient perturbation of the embeddings.")
+    lrc_bert_gather_dp: bool = option(False, "Gather the batch across data-parallel ranks for more negatives.")
 
 
 @register_student
@@ -532,8 +535,9 @@ class LRCBert(GLMStudent):
 # --------------------------------------------------------------------------- MobileBERT
 @dataclass(frozen=True)
 class MobileBERTOptions:
-    mobilebert_kd_w: float = 0.5
-    mobilebert_pkt_small_lr: float = 0.1
+    mobilebert_kd_w: float = option(0.5, "Weight of the intermediate loss.")
+    mobilebert_pkt_small_lr: float = option(
+        0.1, "Down-weighting of already-transferred layers in progressive knowledge transfer.")
 
 
 @register_student

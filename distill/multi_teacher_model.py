@@ -28,6 +28,8 @@ from model import ModelOutput
 
 from .distill_model import DistillBatch, DistillOptions, GLMStudent, Metrics, StepInfo, TeacherInfo
 from .losses import zero_loss
+from .options import option
+from .registry import Registry
 
 TeacherHardLoss = Optional[Tuple[Tensor, Tensor]]   # (scalar, per sample [B]) with --mt_has_loss
 
@@ -77,6 +79,9 @@ def _sample_mask(batch: DistillBatch, without_mask: bool, only_pad: bool) -> Opt
 
 class Combiner(nn.Module):
     """Base of the combiners: options, the teacher-tap hook, state in checkpoints."""
+    name = ""                 # the registry name, and the flag group of its options
+    composes_others = False   # True: built of other combiners, so it takes their options too (MixMT)
+    flag_prefix: Optional[str] = None   # the prefix of its options' names (default: name + "_")
     options_class: type = type(None)
     mixmt_name = ""           # the original's class name, as --mixmt_model lists it
 
@@ -118,19 +123,12 @@ class Combiner(nn.Module):
 
 
 # --------------------------------------------------------------------------- registry
-MULTI_TEACHER_MODELS: Dict[Optional[str], Type[Combiner]] = {}
+MULTI_TEACHER_MODELS = Registry("--multi_teacher_model", Combiner)
 
 
 def register_multi_teacher(*names: Optional[str]):
     """Class decorator: register a combiner (with `options_class` and `compute`) under `names`."""
-    def register(cls):
-        for name in names:
-            if MULTI_TEACHER_MODELS.get(name, cls) is not cls:
-                raise ValueError(f"multi-teacher model {name!r} is already registered by "
-                                 f"{MULTI_TEACHER_MODELS[name].__name__}")
-            MULTI_TEACHER_MODELS[name] = cls
-        return cls
-    return register
+    return MULTI_TEACHER_MODELS.register(*names)
 
 
 def combiner_class(name: Optional[str]) -> Type[Combiner]:
@@ -164,8 +162,11 @@ def build_multi_teacher(name: Optional[str], options=None, distill_options: Dist
 class AvgTeacherOptions:
     """avgmt_teacher_survival_p: each teacher is kept with this probability per step (1: always).
     avgmt_sum_loss: sum the per-teacher losses instead of averaging them."""
-    avgmt_teacher_survival_p: float = 1.0
-    avgmt_sum_loss: bool = False
+    avgmt_teacher_survival_p: float = option(
+        1.0, "Probability of keeping each teacher; below 1 also adds the hard term (DGKD).")
+    avgmt_sum_loss: bool = option(False, "Sum the teachers' losses instead of averaging.")
+    avgmt_inter_checkpoint: bool = option(False, "Parsed but unused in the original.", no_effect=True)
+    avgmt_pre_checkpoint: bool = option(False, "Parsed but unused in the original.", no_effect=True)
 
     def __post_init__(self):
         p = self.avgmt_teacher_survival_p
@@ -189,7 +190,7 @@ class AvgTeacher(Combiner):
     an empty list gives 0.
     """
     options_class = AvgTeacherOptions
-    mixmt_name = "AvgTeacher"
+    name, flag_prefix, mixmt_name = "avg", "avgmt_", "AvgTeacher"
 
     def survivors(self, num_teachers: int, generator: Optional[torch.Generator] = None) -> Sequence[bool]:
         """Which teachers take part in this step."""
@@ -235,12 +236,12 @@ class AvgTeacher(Combiner):
 @dataclass(frozen=True)
 class MixMTOptions:
     """mixmt_model: comma list of combiners (the original's class names AvgTeacher, MT_BERT,
-    Uncertainty, RL_KD, or registry names); flags: every combiner flag value, from which each
-    component takes its own options."""
-    mixmt_model: str = ""
-    flags: Mapping[str, object] = field(default_factory=dict)
+    Uncertainty, RL_KD, or registry names); components: every other combiner's typed options
+    ({class name: options}), built from the run's flags, for the components to take theirs."""
+    mixmt_model: str = option("", "Comma list of combiner classes whose results are summed, e.g. AvgTeacher,MT_BERT.")
+    components: Mapping[str, object] = field(default_factory=dict)
 
-    def components(self) -> List[Type[Combiner]]:
+    def component_classes(self) -> List[Type[Combiner]]:
         names = [name.strip() for name in self.mixmt_model.split(",") if name.strip()]
         if not names:
             raise ValueError("mixmt needs --mixmt_model, a comma list such as AvgTeacher,MT_BERT")
@@ -262,27 +263,30 @@ class MixMT(Combiner):
     the step's generator in the listed order; teacher taps are the union of the components'.
     Metrics: each component's under "<Class>/", its loss as "mixmt/<Class>"."""
     options_class = MixMTOptions
-    mixmt_name = "MixMT"
+    name, mixmt_name = "mixmt", "MixMT"
+    composes_others = True
 
     def __init__(self, options: MixMTOptions, distill_options: DistillOptions,
                  context: Optional[CombinerContext] = None):
         super().__init__(options, distill_options, context)
         self.names = []
-        for cls in options.components():
-            component = cls(cls.options_from_flags(options.flags), distill_options, context)
+        for cls in options.component_classes():
+            component = cls(options.components[cls.mixmt_name], distill_options, context)
             self.add_module(cls.mixmt_name, component)
             self.names.append(cls.mixmt_name)
 
     @classmethod
     def options_from_flags(cls, values: Mapping[str, object]) -> MixMTOptions:
-        return MixMTOptions(mixmt_model=str(values.get("mixmt_model") or ""), flags=dict(values))
+        components = {combiner.mixmt_name: combiner.options_from_flags(values)
+                      for combiner in MULTI_TEACHER_MODELS.classes() if combiner is not cls}
+        return MixMTOptions(mixmt_model=str(values.get("mixmt_model") or ""), components=components)
 
     @classmethod
     def method_teacher_infos(cls, options: MixMTOptions, infos: Sequence[TeacherInfo], student_hidden_size: int):
         """The components' common view; the teachers as they are when views differ (e.g. MT-BERT's
         projections next to a combiner that hands the method the raw outputs)."""
-        views = {component.method_teacher_infos(component.options_from_flags(options.flags), infos,
-                                                student_hidden_size) for component in options.components()}
+        views = {component.method_teacher_infos(options.components[component.mixmt_name], infos,
+                                                student_hidden_size) for component in options.component_classes()}
         return views.pop() if len(views) == 1 else tuple(infos)
 
     def teacher_taps(self, t_no: int, taps: Sequence[str]) -> List[str]:

@@ -14,21 +14,25 @@ from .distill_model import DistillBatch, DistillOptions, GLMStudent, Metrics, St
 from .losses_multi_teacher import policy_loss, sequence_mean
 from .multi_teacher_model import (Combiner, CombinerContext, TeacherHardLoss, _sample_mask, _suffix, _teacher_terms,
                                   register_multi_teacher)
+from .options import option
 
 
 @dataclass(frozen=True)
 class RLKDOptions:
     """See `RLKD`. rl_kd_reward: 1 = -L_hard(student), 2 = also - L_hard(last distilled
     teacher). rl_kd_policy_prob: the original's policy term (probabilities, not logs)."""
-    rl_kd_wo_loss_mask: bool = False
-    rl_kd_only_mask_pad: bool = False
-    rl_kd_reward: int = 1
-    rl_kd_semantic_model: Optional[int] = None
-    rl_kd_semantic_model_dim: Optional[int] = None
-    rl_kd_only_avg: bool = False
-    rl_kd_wo_hard: bool = False
-    rl_kd_alpha: float = 0.5
-    rl_kd_policy_prob: bool = False
+    rl_kd_wo_loss_mask: bool = option(False, "Feed the agent unmasked token logits.")
+    rl_kd_only_mask_pad: bool = option(False, "Mask the agent's token logits only at padding.")
+    rl_kd_reward: int = option(
+        1, "Reward: 1 is minus the student's hard loss, 2 also subtracts the last teacher's.", choices=(1, 2))
+    rl_kd_semantic_model: Optional[int] = option(None, "Index of the teacher that provides the agent's semantic state.")
+    rl_kd_semantic_model_dim: Optional[int] = option(
+        None, "Width of the semantic state, required when no semantic teacher is present.")
+    rl_kd_only_avg: bool = option(False, "Average the teachers without the agent (warm-up stage).")
+    rl_kd_wo_hard: bool = option(False, "Drop the combiner's built-in hard term.")
+    rl_kd_alpha: float = option(0.5, "Weight of the teacher part; the hard term gets 1 - alpha.")
+    rl_kd_policy_prob: bool = option(
+        False, "This project's addition: the original's policy term -sum(pi) * reward instead of -sum(log pi) * reward.")
 
     def __post_init__(self):
         if self.rl_kd_reward not in (1, 2):
@@ -69,7 +73,7 @@ class RLKD(Combiner):
     whose input columns are laid out teacher by teacher (stride tn), so MP=2 equals MP=1.
     """
     options_class = RLKDOptions
-    mixmt_name = "RL_KD"
+    name, mixmt_name = "rl_kd", "RL_KD"
 
     def __init__(self, options: RLKDOptions, distill_options: DistillOptions,
                  context: Optional[CombinerContext] = None):

@@ -16,6 +16,7 @@ from .distill_model import DistillBatch, DistillOptions, GLMStudent, Metrics, St
 from .losses_multi_teacher import normalized_entropy, uncertainty_rates
 from .multi_teacher_model import (Combiner, CombinerContext, TeacherHardLoss, _sample_mask, _suffix,
                                   register_multi_teacher)
+from .options import option
 
 
 # --------------------------------------------------------------------------- MT-BERT
@@ -24,10 +25,10 @@ class MTBERTOptions:
     """mt_bert_fit_teacher: project each teacher's hidden states to the student's width (else
     the student's to each teacher's); mt_bert_wo_convert_layer: no projection;
     mt_bert_fix_layernorm: extra LayerNorms first; mt_bert_wo_hard: no built-in hard term."""
-    mt_bert_fit_teacher: bool = False
-    mt_bert_wo_hard: bool = False
-    mt_bert_wo_convert_layer: bool = False
-    mt_bert_fix_layernorm: bool = False
+    mt_bert_fit_teacher: bool = option(False, "Project the teacher to the student width instead of the reverse.")
+    mt_bert_wo_hard: bool = option(False, "Drop the combiner's built-in hard term.")
+    mt_bert_wo_convert_layer: bool = option(False, "No projection between student and teacher widths.")
+    mt_bert_fix_layernorm: bool = option(False, "Apply extra LayerNorms to the matched hidden states.")
 
 
 def _is_hidden_tap(name: str) -> bool:
@@ -54,7 +55,7 @@ class MTBERT(Combiner):
     further teacher (teacher i saw it applied i + 1 times); here once.
     """
     options_class = MTBERTOptions
-    mixmt_name = "MT_BERT"
+    name, mixmt_name = "mt_bert", "MT_BERT"
 
     def __init__(self, options: MTBERTOptions, distill_options: DistillOptions,
                  context: Optional[CombinerContext] = None):
@@ -128,13 +129,14 @@ class UncertaintyOptions:
     weights of size rank seq[i] (0 = smallest; default: the given order). uncertainty_hard:
     one teacher per sample; uncertainty_wo_rate: every weight 1; uncertainty_inter_entropy:
     entropy-weighted inter losses; uncertainty_wo_hard: no built-in hard term."""
-    uncertainty_wo_loss_mask: bool = False
-    uncertainty_only_mask_pad: bool = False
-    uncertainty_inter_entropy: bool = False
-    uncertainty_teacher_seq: Optional[str] = None
-    uncertainty_hard: bool = False
-    uncertainty_wo_rate: bool = False
-    uncertainty_wo_hard: bool = False
+    uncertainty_wo_loss_mask: bool = option(False, "Compute the student entropy without a mask.")
+    uncertainty_only_mask_pad: bool = option(False, "Mask the student entropy only at padding.")
+    uncertainty_inter_entropy: bool = option(False, "Also weight the intermediate losses by the entropy.")
+    uncertainty_teacher_seq: Optional[str] = option(
+        None, "Colon list ordering the teachers from small to large, e.g. 1:0.")
+    uncertainty_hard: bool = option(False, "Route each sample to one teacher (hard selection).")
+    uncertainty_wo_rate: bool = option(False, "Give every teacher weight 1.")
+    uncertainty_wo_hard: bool = option(False, "Drop the combiner's built-in hard term.")
 
     def __post_init__(self):
         if self.uncertainty_wo_loss_mask and self.uncertainty_only_mask_pad:
@@ -176,7 +178,7 @@ class Uncertainty(Combiner):
     the whole vocabulary at any MP size (the original used the local shard's width).
     """
     options_class = UncertaintyOptions
-    mixmt_name = "Uncertainty"
+    name, mixmt_name = "uncertainty", "Uncertainty"
 
     def __init__(self, options: UncertaintyOptions, distill_options: DistillOptions,
                  context: Optional[CombinerContext] = None):

@@ -19,18 +19,16 @@ class RandomDataOptions:
     mode: str = ""                     # --distill_random_data: "" (off), "dual" or "replace"
     repeat_indices: Tuple[int, ...] = (0,)   # --distill_random_data_n
     method: str = "shuffle"            # --distill_random_data_method
-    vocab_size: int = 0                # ids are drawn from [0, vocab_size) by "sample"
+    vocab_size: int = 0                # ids are drawn from [0, vocab_size) by "sample" (set by the run)
 
     def __post_init__(self):
         if self.mode and self.mode not in MODES:
             raise ValueError(f"--distill_random_data={self.mode!r}; valid: {MODES}")
         if self.method not in METHODS:
             raise ValueError(f"--distill_random_data_method={self.method!r}; valid: {METHODS}")
-        if self.mode and self.method == "sample" and self.vocab_size < 1:
-            raise ValueError("--distill_random_data_method=sample needs the vocabulary size")
 
     @classmethod
-    def from_flags(cls, mode: str, indices: str, method: str, vocab_size: int) -> "RandomDataOptions":
+    def from_flags(cls, mode: str, indices: str, method: str, vocab_size: int = 0) -> "RandomDataOptions":
         try:
             repeat = tuple(int(i) for i in str(indices).split(",") if i.strip())
         except ValueError:
@@ -44,6 +42,8 @@ class RandomDataOptions:
 def disturb_tokens(tokens: torch.Tensor, method: str, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
     """`shuffle`: one random permutation of all elements (across the batch, padding included);
     `sample`: every token replaced by a uniform id in [0, vocab_size)."""
+    if method == "sample" and vocab_size < 1:
+        raise ValueError("--distill_random_data_method=sample needs the vocabulary size")
     if method == "shuffle":
         order = torch.randperm(tokens.numel(), generator=generator).to(tokens.device)
         return tokens.reshape(-1)[order].view_as(tokens)

@@ -27,8 +27,17 @@ RECIPE_BASE = ("--tokenizer-path=vocab.txt", "--make-vocab-size-divisible-by=16"
                "--teacher_load_pretrained=teacher")
 
 
+# Values that were only in the raw flag record when the snapshot was taken: not compared.
+UNTYPED_BEFORE = ("distill.random_data.", "distill.analysis.", "train.custom_no_summary_writer",
+                  "distill.combiner_options.avgmt_inter_checkpoint", "distill.combiner_options.avgmt_pre_checkpoint")
+
+
 def flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
-    """{"section.field": leaf} of a RunConfig.to_dict(), without the raw flag record."""
+    """{"section.field": leaf} of a RunConfig.to_dict(), as the snapshot names them: without the
+    raw flag record of the time; a method's options under "distill.method_options.<field>" and
+    a combiner's under "distill.combiner_options.<field>" whether they are a flat mapping (then)
+    or typed options with typed components (MixBaseline, MixMT: "...components.<name>.<field>");
+    an absent options instance (None) as the empty mapping it was."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -36,7 +45,15 @@ def flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
                 continue
             out.update(flatten(item, f"{prefix}{key}."))
         return out
-    return {prefix[:-1]: value}
+    key = prefix[:-1]
+    for options in ("distill.method_options.", "distill.combiner_options."):
+        if key.startswith(options + "components."):
+            key = options + key.rsplit(".", 1)[-1]
+    if key in ("distill.method_options", "distill.combiner_options") and value is None:
+        return {}
+    if key.startswith(UNTYPED_BEFORE):
+        return {}
+    return {key: value}
 
 
 def resolved(argv: List[str], stage: str) -> Dict[str, Any]:

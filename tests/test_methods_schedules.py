@@ -8,7 +8,6 @@ rows; choice-expanded fine-tuning rows; short runs. Every pure function gets lit
 """
 import copy
 import math
-from dataclasses import fields
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from distill.losses_schedules import (alignment_points, attention_score_kl, cons
 from glm_fixtures import tiny_config
 from model import GLMForMultiTokenCloze, GLMModel, language_model_loss
 from training.config import ArchConfig, TeacherConfig
-from training.flags import FLAGS
 from training.teachers import Teacher
 from training_fixtures import ListBatches, global_batches, make_trainer, torch_engine
 
@@ -481,13 +479,6 @@ def test_short_run_lowers_the_loss_and_trains_only_the_student(name):
     losses = [float(trainer.micro_step(next(trainer.data))["loss"]) for _ in range(6)]
     assert losses[-1] < losses[0], losses
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_options_mirror_the_flags_table(name):
-    flags = {f.name[2:]: f.default for f in FLAGS if f.group == name}
-    options = STUDENT_MODELS[name].options_class()
-    assert {f.name: getattr(options, f.name) for f in fields(options)} == flags
 
 
 def test_options_are_validated():

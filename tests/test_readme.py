@@ -122,8 +122,18 @@ def test_python_examples_run():
         t_out = teacher(ids, position, sep, taps=student.teacher_taps(0, step))
         loss, metrics = student.inter_loss(s_out, t_out, DistillBatch("pretrain"), step)
         expected = (s_out.taps["output"] - t_out.taps["output"]).pow(2).mean()
-        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(loss, expected)   # weight 1 by default
         assert set(metrics) == {"last_hidden/mse"}
+        # ... and its option is a flag: offered, parsed, validated, refused for another method.
+        from training.arguments import build_help, parse_run_config
+        from training.config import ConfigError
+        assert "--last_hidden_mse_weight" in build_help("pretrain", "pretrain.py")
+        argv = ["--teacher_load_pretrained=t", "--student_model=last_hidden_mse", "--last_hidden_mse_weight=0.5"]
+        assert parse_run_config(argv, "pretrain", "t").distill.method_options.last_hidden_mse_weight == 0.5
+        with pytest.raises(ConfigError, match="last_hidden_mse_weight must be >= 0"):
+            parse_run_config(argv[:-1] + ["--last_hidden_mse_weight=-1"], "pretrain", "t")
+        with pytest.raises(ConfigError, match="is an option of --student_model=last_hidden_mse"):
+            parse_run_config(["--teacher_load_pretrained=t", "--student_model=kd", argv[-1]], "pretrain", "t")
     finally:
         distill_model.STUDENT_MODELS.clear()
         distill_model.STUDENT_MODELS.update(registry)

@@ -7,9 +7,8 @@ import shlex
 
 import pytest
 
-from training.flags import (FLAGS, GENERIC_GROUPS, METHOD_FLAG_PREFIXES, METHOD_GROUPS,
-                            MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser,
-                            flag_groups)
+from training.flags import (GENERIC_GROUPS, all_flags, build_parser, combiner_groups, flag_groups,
+                            student_method_groups)
 
 SEED_FILES = ("000_4d6fa89e447557cf.txt", "002_11b19339c97663d7.txt")
 SCRIPT = re.compile(r"(?:^|\s)distill/(?:pretrain|finetune)\.py(?=\s|$)")
@@ -17,11 +16,7 @@ FLAG_TOKEN = re.compile(r"--[A-Za-z][\w-]*(?:=\S*)?")
 # README placeholders that stand for a number; 1/N is 0.5 with the logs' two teachers (spec 3.24).
 PLACEHOLDER_VALUES = {"1/teacher_num": "0.5"}
 LAUNCHER_FLAGS = ("--master_port", "--include", "--hostfile", "--num_gpus", "--num_nodes", "--master_addr")
-# Method names of the brief; `minilm` (spec 3.6) and `erdistill` (3.16b) have no flags of their own.
-KNOWN_METHODS = {"tinybert", "minilmv2", "minilm", "distilbert", "pkd", "rail_kd", "mgskd", "diito",
-                 "logitsdistil", "sid", "alp_kd", "ckd", "theseus", "universal_kd", "lrc_bert",
-                 "annealing_kd", "mobilebert", "continuation_kd", "mixbaseline", "erdistill",
-                 "avg", "mt_bert", "uncertainty", "rl_kd", "mixmt"}
+FLAGS = all_flags()
 BY_NAME = {flag.name: flag for flag in FLAGS}
 
 
@@ -184,15 +179,18 @@ def test_flag_kinds_are_consistent():
 
 def test_groups():
     groups = flag_groups()
-    assert list(groups) == list(GENERIC_GROUPS + METHOD_GROUPS)
+    methods, combiners = student_method_groups(), combiner_groups()
+    assert list(groups) == list(GENERIC_GROUPS) + methods + combiners
     assert all(groups[name] for name in groups), [name for name in groups if not groups[name]]
-    assert set(METHOD_GROUPS) <= KNOWN_METHODS
-    assert set(STUDENT_METHOD_GROUPS).isdisjoint(MULTI_TEACHER_METHOD_GROUPS)
+    assert set(methods).isdisjoint(combiners)
     assert sum(len(flags) for flags in groups.values()) == len(FLAGS)
+    # The original's 378 flags, one group per method and per combiner that has options.
+    assert len(FLAGS) == 378 and len(methods) == 18 and len(combiners) == 5
 
 
 def test_method_groups_hold_exactly_their_prefix():
-    for group, prefix in METHOD_FLAG_PREFIXES.items():
+    prefixes = {group: f"--{group}_" for group in student_method_groups() + combiner_groups()} | {"avg": "--avgmt_"}
+    for group, prefix in prefixes.items():
         in_group = {flag.name for flag in flag_groups()[group]}
         with_prefix = {flag.name for flag in FLAGS if flag.name.startswith(prefix)}
         assert in_group == with_prefix, group
@@ -203,7 +201,7 @@ def test_method_groups_hold_exactly_their_prefix():
 
 def test_argparse_groups_and_no_abbreviation(parser):
     headings = re.findall(r"^(\S+):$", parser.format_help(), flags=re.M)
-    assert set(GENERIC_GROUPS + METHOD_GROUPS) <= set(headings)
+    assert set(GENERIC_GROUPS) | set(student_method_groups() + combiner_groups()) <= set(headings)
     with pytest.raises(SystemExit):
         parser.parse_args(["--distill_temp=2"])   # allow_abbrev=False, as the original
 

@@ -14,21 +14,19 @@ import warnings
 from dataclasses import fields, replace
 from typing import Any, Dict, List, Optional, Sequence, Set
 
-from distill.distill_model import STUDENT_MODELS, DistillOptions
+from distill.analysis import AnalysisOptions
+from distill.distill_model import STUDENT_MODELS, DistillOptions, method_options_for
 from distill.multi_teacher_model import MULTI_TEACHER_MODELS
+from distill.options import option_flags
+from distill.random_data import RandomDataOptions
 
 from .config import (ArchConfig, ConfigError, DataConfig, DistillConfig, DistributedConfig, FinetuneConfig,
                      ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, VocabMapConfig)
-from .flags import FLAGS, MULTI_TEACHER_METHOD_GROUPS, STUDENT_METHOD_GROUPS, build_parser
+from .flags import all_flags, build_parser, combiner_groups, student_method_groups
 
-# The original's registries (spec 3, 2.8): every name parses; the ones not built yet say so.
-ORIGINAL_STUDENT_MODELS = ("kd", "tinybert", "erdistill", "minilmv2", "minilm", "distilbert", "mixbaseline", "pkd",
-                           "rail_kd", "mgskd", "diito", "logitsdistil", "sid", "alp_kd", "ckd", "theseus",
-                           "universal_kd", "lrc_bert", "annealing_kd", "mobilebert", "continuation_kd")
-ORIGINAL_MULTI_TEACHER_MODELS = ("avg", "tmkd", "mt_bert", "uncertainty", "rl_kd", "mixmt")
-# Which combiner group's flags a --multi_teacher_model value accepts.
-_COMBINER_GROUP = {None: "avg", "": "avg", "avg": "avg", "tmkd": "avg", "mt_bert": "mt_bert",
-                   "uncertainty": "uncertainty", "rl_kd": "rl_kd", "mixmt": "mixmt"}
+# The original's method names that this implementation does not build (ERDistill's flags were
+# removed from the original's own parser): they parse to a clear "not implemented" error.
+ORIGINAL_UNBUILT_METHODS = ("erdistill",)
 _MT_FIELDS = {"num_attention_heads": int, "hidden_size": int, "num_layers": int, "max_position_embeddings": int,
               "load_pretrained": str, "ib_hidden_size": int, "ib_ffn_num": int, "ib_word_emb": int,
               "compress_word_emb": int, "map_vocab_size": float}
@@ -38,17 +36,17 @@ _HARMLESS = {"deepspeed", "deepspeed_config", "local_rank", "distributed_backend
              "no_lazy_loader", "num_workers", "overwrite", "save_interval", "save_epoch", "eval_iters",
              "eval_interval", "log_interval", "experiment_name", "save", "fp32_allreduce", "DDP_impl",
              "deepspeed_activation_checkpointing", "eval_batch_size", "eval_epoch", "load_pretrained", "seed",
-             "resume_dataloader", "spare_port", "custom_no_summary_writer", "tokenizer_model_type",
+             "resume_dataloader", "spare_port", "tokenizer_model_type",
              "tokenizer_type", "cloze_eval", "summary_dir"}
 
 
 def _flag_names() -> Dict[str, str]:
     """{"--flag-name": dest} for every flag."""
-    return {flag.name: flag.name.lstrip("-").replace("-", "_") for flag in FLAGS}
+    return {flag.name: flag.name.lstrip("-").replace("-", "_") for flag in all_flags()}
 
 
 def _group_of_dest() -> Dict[str, str]:
-    return {flag.name.lstrip("-").replace("-", "_"): flag.group for flag in FLAGS}
+    return {flag.name.lstrip("-").replace("-", "_"): flag.group for flag in all_flags()}
 
 
 def explicit_dests(argv: Sequence[str]) -> Set[str]:
@@ -71,28 +69,35 @@ def _unknown_flag_error(unknown: List[str]) -> ConfigError:
 
 
 def _check_methods(values: Dict[str, Any], explicit: Set[str]) -> None:
+    """The method and combiner exist, and every method option given belongs to them."""
     student, combiner = values["student_model"], values["multi_teacher_model"] or None
     if student is not None and student not in STUDENT_MODELS:
-        if student in ORIGINAL_STUDENT_MODELS:
+        if student in ORIGINAL_UNBUILT_METHODS:
             raise ConfigError(f"--student_model={student} is not implemented yet; implemented methods: "
-                              f"{sorted(STUDENT_MODELS)}")
-        raise ConfigError(f"unknown --student_model={student!r}; valid: {list(ORIGINAL_STUDENT_MODELS)}")
-    if combiner is not None and combiner not in MULTI_TEACHER_MODELS:
-        if combiner in ORIGINAL_MULTI_TEACHER_MODELS:
-            raise ConfigError(f"--multi_teacher_model={combiner} is not implemented yet; implemented combiners: "
-                              f"{sorted(k for k in MULTI_TEACHER_MODELS if k)}")
-        raise ConfigError(f"unknown --multi_teacher_model={combiner!r}; valid: {list(ORIGINAL_MULTI_TEACHER_MODELS)}")
-    groups = _group_of_dest()
-    allowed_students = set(STUDENT_METHOD_GROUPS) if student == "mixbaseline" else {student}
-    allowed_combiners = set(MULTI_TEACHER_METHOD_GROUPS) if combiner == "mixmt" else {_COMBINER_GROUP[combiner]}
+                              f"{STUDENT_MODELS.names()}")
+        raise ConfigError(f"unknown --student_model={student!r}; valid: {STUDENT_MODELS.names()}")
+    if combiner not in MULTI_TEACHER_MODELS:
+        raise ConfigError(f"unknown --multi_teacher_model={combiner!r}; valid: {MULTI_TEACHER_MODELS.names()}")
+    groups, students, combiners = _group_of_dest(), student_method_groups(), combiner_groups()
+    student_cls, combiner_cls = STUDENT_MODELS.get(student), MULTI_TEACHER_MODELS[combiner]
+    allowed = {*(students if getattr(student_cls, "composes_others", False) else [student]),
+               *(combiners if combiner_cls.composes_others else [combiner_cls.name])}
     for dest in sorted(explicit):
         group = groups[dest]
-        if group in STUDENT_METHOD_GROUPS and group not in allowed_students:
+        if group in students and group not in allowed:
             raise ConfigError(f"--{dest} is an option of --student_model={group}, but this run uses "
                               f"--student_model={student}")
-        if group in MULTI_TEACHER_METHOD_GROUPS and group not in allowed_combiners:
+        if group in combiners and group not in allowed:
             raise ConfigError(f"--{dest} is an option of --multi_teacher_model={group}, but this run uses "
                               f"--multi_teacher_model={combiner or 'avg (the default)'}")
+
+
+def _typed_options(build, what: str):
+    """Build an options dataclass (its __post_init__ validates), naming the flag group on error."""
+    try:
+        return build()
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{what}: {error}") from None
 
 
 def _split_list(flag: str, text: str, cast) -> List[Any]:
@@ -151,12 +156,20 @@ def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
     return tuple(teachers)
 
 
-def _combiner_flags(values: "_Reader", combiner: Optional[str]) -> Dict[str, Any]:
-    """The flag values of the combiner's typed options (every combiner's for mixmt)."""
-    classes = MULTI_TEACHER_MODELS.values() if combiner == "mixmt" else [MULTI_TEACHER_MODELS[combiner]]
-    names = {f.name for cls in classes for f in fields(cls.options_class)} & set(values)
-    values.used |= names
-    return {name: values[name] for name in sorted(names)}
+def _method_options(values: "_Reader", student: Optional[str], combiner: Optional[str]):
+    """(DistillOptions, the method's typed options, the combiner's), built and validated now;
+    a composed method or combiner (MixBaseline, MixMT) reads every component's flags."""
+    distill = _typed_options(lambda: DistillOptions(**values.pick(DistillOptions)), "the distillation options")
+    classes = [cls for registry in (STUDENT_MODELS, MULTI_TEACHER_MODELS) for cls in registry.classes()]
+    values.used |= {option.name for cls in classes for option in option_flags(cls.options_class)} & set(values)
+    method = None
+    if student is not None:
+        method = _typed_options(lambda: method_options_for(STUDENT_MODELS[student], values),
+                                f"--student_model={student}")
+    combiner_cls = MULTI_TEACHER_MODELS[combiner]
+    combined = _typed_options(lambda: combiner_cls.options_from_flags(values),
+                              f"--multi_teacher_model={combiner or 'avg'}")
+    return distill, method, combined
 
 
 class _Reader(dict):
@@ -193,22 +206,24 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
         truncate = None
     if truncate is not None and not 0 <= truncate < len(teachers):
         raise ConfigError(f"--student_truncate_tn={truncate} but there are {len(teachers)} teachers")
-    method_values = {dest: values[dest] for dest, group in _group_of_dest().items()
-                     if group in (student,) or (student == "mixbaseline" and group in STUDENT_METHOD_GROUPS)}
-    values.used.update(method_values)
     values.used.update({"student_model", "multi_teacher_model", "student_truncate_tn", "mt_has_loss", "mt_has_grad",
-                        "distill_random_data", "distill_random_data_n", "distill_random_data_method",
-                        "distil_analysis_inter", "distil_analysis_frcn"})
+                        "distill_random_data", "distill_random_data_n", "distill_random_data_method"})
     if values.get("distill_random_data") and student is None:
         raise ConfigError("--distill_random_data disturbs distillation inputs: it needs --student_model")
     vocab_map = VocabMapConfig(**values.pick(VocabMapConfig))
     if vocab_map.student_map_vocab_tn is not None and vocab_map.student_map_vocab_tn < 0:
         vocab_map = replace(vocab_map, student_map_vocab_tn=None)
-    distill = DistillConfig(student_model=student, multi_teacher_model=combiner,
-                            options=values.pick(DistillOptions), method_options=method_values,
-                            combiner_options=_combiner_flags(values, combiner), student_truncate_tn=truncate,
-                            mt_has_loss=bool(values["mt_has_loss"]), mt_has_grad=bool(values["mt_has_grad"]),
-                            mt_model_load=values.pick(DistillConfig).get("mt_model_load"))
+    options, method_options, combiner_options = _method_options(values, student, combiner)
+    random_data = _typed_options(lambda: RandomDataOptions.from_flags(
+        values["distill_random_data"] or "", values["distill_random_data_n"], values["distill_random_data_method"]),
+        "--distill_random_data")
+    distill = DistillConfig(student_model=student, multi_teacher_model=combiner, options=options,
+                            method_options=method_options, combiner_options=combiner_options,
+                            student_truncate_tn=truncate, mt_has_loss=bool(values["mt_has_loss"]),
+                            mt_has_grad=bool(values["mt_has_grad"]),
+                            mt_model_load=values.pick(DistillConfig).get("mt_model_load"), random_data=random_data,
+                            analysis=_typed_options(lambda: AnalysisOptions(**values.pick(AnalysisOptions)),
+                                                    "--distil_analysis_frcn"))
     if distill.mt_has_grad:
         raise ConfigError("--mt_has_grad (training the teachers jointly) is not implemented yet")
     data = DataConfig(**{**values.pick(DataConfig), "train_data": tuple(values["train_data"] or ()),
@@ -218,14 +233,19 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
         stage=stage, arch=ArchConfig(**values.pick(ArchConfig)), model=ModelOptions(**values.pick(ModelOptions)),
         teachers=teachers, optim=OptimConfig(**values.pick(OptimConfig)), train=TrainConfig(**values.pick(TrainConfig)),
         distributed=DistributedConfig(**values.pick(DistributedConfig)), data=data,
-        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, flags=dict(values),
-        vocab_map=vocab_map)
+        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, vocab_map=vocab_map)
     _validate(config)
-    ignored = sorted(explicit - values.used - _HARMLESS)
+    ignored = sorted((explicit - values.used - _HARMLESS) | (explicit & _no_effect_options()))
     if ignored:
         warnings.warn("these flags have no effect in this implementation: "
                       + ", ".join(f"--{dest}" for dest in ignored), stacklevel=2)
     return config
+
+
+def _no_effect_options() -> Set[str]:
+    """Method options kept for the original's command lines that change nothing here."""
+    classes = [cls for registry in (STUDENT_MODELS, MULTI_TEACHER_MODELS) for cls in registry.classes()]
+    return {option.name for cls in classes for option in option_flags(cls.options_class) if option.no_effect}
 
 
 def _validate_sizes(config: RunConfig) -> None:
@@ -258,9 +278,6 @@ def _validate_sizes(config: RunConfig) -> None:
     if data.seq_length > config.arch.max_position_embeddings:
         raise ConfigError(f"--seq-length={data.seq_length} is longer than --max-position-embeddings="
                           f"{config.arch.max_position_embeddings}: the positions of a sequence must fit the table")
-    temperature = config.distill.options.get("distill_temperature")
-    if config.distill.enabled and temperature is not None and not temperature > 0:
-        raise ConfigError(f"--distill_temperature={temperature} must be positive (the logits are divided by it)")
 
 
 def _validate(config: RunConfig) -> None:
@@ -306,9 +323,9 @@ def _validate_vocab_map(config: RunConfig) -> None:
     teacher_no = vocab_map.student_map_vocab_tn
     if vocab_map.student_build_map_vocab and teacher_no is not None and not 0 <= teacher_no < len(config.teachers):
         raise ConfigError(f"--student_map_vocab_tn={teacher_no} but there are {len(config.teachers)} teachers")
-    if options.get("distill_logit_mask_map") and not compressed:
+    if options.distill_logit_mask_map and not compressed:
         warnings.warn("--distill_logit_mask_map has no effect without --map_vocab_size", stacklevel=3)
-    if config.distill.method_options.get("logitsdistil_teacher_input_ids_map") and not compressed:
+    if getattr(config.distill.method_options, "logitsdistil_teacher_input_ids_map", False) and not compressed:
         raise ConfigError("--logitsdistil_teacher_input_ids_map needs vocabulary compression: give --map_vocab_size")
 
 

@@ -7,6 +7,9 @@ are the original's flag names (dashes become underscores).
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from distill.analysis import AnalysisOptions
+from distill.distill_model import DistillOptions
+from distill.random_data import RandomDataOptions
 from model import GLMConfig
 from model.vocab_map import map_vocab_rows
 
@@ -127,6 +130,7 @@ class TrainConfig:
     ft_final_save: bool = False
     overwrite: bool = False
     summary_dir: str = ""
+    custom_no_summary_writer: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,15 +176,20 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
+    """The distillation of the run, typed and validated at parse time: the generic options, the
+    method's and the combiner's own options (instances of their `options_class`, None for a
+    method without options), random-data disturbance and analysis."""
     student_model: Optional[str] = None
     multi_teacher_model: Optional[str] = None
-    options: Mapping[str, Any] = field(default_factory=dict)        # the generic distill_* flags
-    method_options: Mapping[str, Any] = field(default_factory=dict)  # flags of the chosen method(s)
-    combiner_options: Mapping[str, Any] = field(default_factory=dict)  # flags of the combiner(s)' options
+    options: DistillOptions = field(default_factory=DistillOptions)
+    method_options: Any = None
+    combiner_options: Any = None
     student_truncate_tn: Optional[int] = None
     mt_has_loss: bool = False
     mt_has_grad: bool = False
     mt_model_load: Optional[str] = None                              # load the combiner's parameters from it
+    random_data: RandomDataOptions = field(default_factory=RandomDataOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
 
     @property
     def enabled(self) -> bool:
@@ -213,7 +222,6 @@ class RunConfig:
     data: DataConfig
     finetune: FinetuneConfig
     distill: DistillConfig
-    flags: Mapping[str, Any] = field(default_factory=dict)   # every parsed flag, for the record
     vocab_map: VocabMapConfig = field(default_factory=VocabMapConfig)
 
     def __post_init__(self):

@@ -13,6 +13,8 @@ import builtins
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from distill.options import OptionFlag, option_flags
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -41,21 +43,11 @@ def _group(group: str, *flags: Flag) -> Tuple[Flag, ...]:
 
 GENERIC_GROUPS = ("model", "fp16", "train", "eval", "data", "block-lm", "finetune", "distributed",
                   "custom", "distill", "teacher", "multi-teacher")
-# Named by the --student_model value. `kd` and `minilm` have no flags of their own; ERDistill's
-# flags were removed from the original's parser (spec 3.16b), so neither has a group.
-STUDENT_METHOD_GROUPS = ("tinybert", "minilmv2", "distilbert", "pkd", "rail_kd", "mgskd", "diito",
-                         "logitsdistil", "sid", "alp_kd", "ckd", "theseus", "universal_kd", "lrc_bert",
-                         "annealing_kd", "mobilebert", "continuation_kd", "mixbaseline")
-# Named by the --multi_teacher_model value (`avg` also serves `tmkd`).
-MULTI_TEACHER_METHOD_GROUPS = ("avg", "mt_bert", "uncertainty", "rl_kd", "mixmt")
-METHOD_GROUPS = STUDENT_METHOD_GROUPS + MULTI_TEACHER_METHOD_GROUPS
-# The name prefix shared by every flag of a method group.
-METHOD_FLAG_PREFIXES = {group: f"--{group}_" for group in METHOD_GROUPS} | {"avg": "--avgmt_"}
 
 TOKENIZER_TYPES = ("CharacterLevelTokenizer", "SentencePieceTokenizer", "BertWordPieceTokenizer",
                    "GPT2BPETokenizer", "ChineseSPTokenizer")
 
-FLAGS: Tuple[Flag, ...] = (
+GENERIC_FLAGS: Tuple[Flag, ...] = (
     # ---- model (GLM architecture, spec 4.6) -------------------------------------------------
     *_group(
         "model",
@@ -317,24 +309,6 @@ FLAGS: Tuple[Flag, ...] = (
                "--student_build_map_vocab; default .pytorch_pretrained_bert/<tokenizer-type>_<model-type>.txt."),
         _switch("--enable_parallel_entropy",
                 "With MP > 1, compute KL/CE/entropy without gathering the full vocabulary."),
-        _switch("--distill_ft_soft", "Enable the soft-label term in fine-tuning."),
-        _switch("--distill_ft_hard", "Enable the hard-label term in fine-tuning."),
-        _switch("--distill_pt_soft", "Enable the soft-label term in pretraining."),
-        _switch("--distill_pt_hard", "Enable the hard-label term in pretraining."),
-        _value("--distill_soft_rate", float, 1.0, "Weight of the soft-label term."),
-        _value("--distill_hard_rate", float, 1.0,
-               "Weight of the hard-label term (also used by the combiners' built-in hard term)."),
-        _value("--distill_temperature", float, 1.0, "Temperature of the soft terms and the logits KL."),
-        _switch("--distill_wo_loss_mask", "Apply soft labels without any mask."),
-        _switch("--distill_only_mask_pad", "Mask soft labels only at padding instead of the Part-B mask."),
-        _switch("--distill_ft_soft_kl", "Fine-tuning soft term by T^2 KL instead of CE."),
-        _switch("--distill_pt_soft_ce", "Pretraining soft term by CE instead of T^2 KL."),
-        _switch("--distill_ft_soft_mse", "Fine-tuning soft term by MSE on raw logits."),
-        _switch("--distill_pt_soft_mse", "Pretraining soft term by MSE on raw logits."),
-        _switch("--distill_logits_parallel", "Add the all-position LM-logits KL as an intermediate loss."),
-        _switch("--distill_logit_mask_pad", "Mask padding in the --distill_logits_parallel loss."),
-        _switch("--distill_logit_mask_map", "Restrict logits distillation to the kept vocabulary under compression."),
-        _switch("--distill_logit_mse", "Use MSE for the --distill_logits_parallel loss."),
         _switch("--distill_test_output", "Run the method's debug routine (Theseus)."),
         _switch("--distil_analysis_inter", "Log student/teacher similarity analyses of all intermediate layers."),
         _value("--distil_analysis_frcn", str, "0",
@@ -388,249 +362,58 @@ FLAGS: Tuple[Flag, ...] = (
         _switch("--student_use_empty_glm", "Replace the student GLM by a placeholder to train only the teachers."),
         _value("--mt_load_from_s", str, None, "Student checkpoint to load the teachers' weights from."),
     ),
-    # ---- tinybert (spec 3.4) ------------------------------------------------------------------
-    *_group(
-        "tinybert",
-        _switch("--tinybert_inter_final", "Match only the final hidden state."),
-        _switch("--tinybert_only_emb_final", "Match only the embedding and final hidden states."),
-        _value("--tinybert_custom_final", int, 1, "Which state is final: 1 the output, 2 the second-to-last layer."),
-        _switch("--tinybert_only_emb", "Match only the embedding hidden state."),
-        _switch("--tinybert_wo_att", "Drop the attention-score MSE."),
-        _switch("--tinybert_wo_inter", "No intermediate-layer loss (second fine-tuning stage)."),
-        _switch("--tinybert_wo_final", "Drop the final output state."),
-        _switch("--tinybert_wo_emb", "Drop the embedding state."),
-        _switch("--tinybert_fit_parallel", "Make the projection fit_dense a ColumnParallelLinear."),
-        _switch("--tinybert_fit_compatible_mt", "One projection per teacher, for teachers of different widths."),
-        _switch("--tinybert_random_layers", "Re-sample the intermediate teacher layers at random."),
-        _value("--tinybert_random_e", int, 1, "Re-sample the layers every e epochs (takes priority when > 0)."),
-        _value("--tinybert_random_i", int, 3000,
-               "Re-sample the layers every i iterations when --tinybert_random_e is 0."),
-        _switch("--tinybert_random_show", "Print the sampled teacher layers."),
-    ),
-    # ---- minilmv2 (spec 3.5) ------------------------------------------------------------------
-    *_group(
-        "minilmv2",
-        _value("--minilmv2_relation_heads", int, 48, "Number of relation heads (48 for base, 64 for large)."),
-        _value("--minilmv2_teacher_layer", int, 12, "Teacher layer, 1-based; negative counts from the end."),
-        _switch("--minilmv2_wo_inter", "Disable the relation loss."),
-        _value("--minilmv2_relation_heads_mt", str, None,
-               "Comma list of relation heads, one per teacher; overrides --minilmv2_relation_heads."),
-    ),
-    # ---- distilbert (spec 3.7) ----------------------------------------------------------------
-    *_group(
-        "distilbert",
-        _value("--distilbert_alpha_ce", float, 1.0, "Weight of the soft-logit KL."),
-        _value("--distilbert_alpha_mlm", float, 1.0, "Weight of the hard MLM loss."),
-        _value("--distilbert_alpha_cos", float, 1.0, "Weight of the cosine loss on the final hidden states."),
-        _switch("--distilbert_fix_layernorm", "Match the last layer's tf_output through fixed LayerNorms."),
-        _switch("--distilbert_cos_mask_padding", "Cosine loss over all non-pad tokens instead of the Part-B mask."),
-        _switch("--distilbert_ce_mask_padding", "Soft-logit KL over all non-pad tokens instead of the Part-B mask."),
-    ),
-    # ---- pkd (spec 3.8) -----------------------------------------------------------------------
-    *_group(
-        "pkd",
-        _switch("--pkd_normalized_patience", "L2-normalise the matched hidden states."),
-        _value("--pkd_alpha", float, 0.5, "Weight of the soft term; the hard term gets 1 - alpha."),
-        _value("--pkd_beta", float, 100.0, "Weight of the patient intermediate-layer loss."),
-        _switch("--pkd_use_embed", "Include the embedding layer in the matched layers."),
-        _switch("--pkd_wo_final", "Exclude the teacher's final output from the matched layers."),
-        _switch("--pkd_only_cls", "Match only the [CLS] position."),
-    ),
-    # ---- rail_kd (spec 3.9) -------------------------------------------------------------------
-    *_group(
-        "rail_kd",
-        _value("--rail_kd_inter_rate", float, 0.3334, "Weight of the intermediate loss."),
-        _value("--rail_kd_layer_wise_alpha", float, 1.0, "Layer-wise alpha; parsed but unused in the original."),
-        _value("--rail_kd_u", int, 128, "Projection dimension."),
-        _value("--rail_kd_epochs", int, 1, "Re-sample the teacher layers every N epochs (takes priority when > 0)."),
-        _value("--rail_kd_iters", int, 3000,
-               "Re-sample the teacher layers every N iterations when --rail_kd_epochs is 0."),
-        _switch("--rail_kd_concatenated", "Concatenated RAIL-KD instead of layer-wise."),
-        _switch("--rail_kd_has_embed", "Include the embedding layer."),
-        _switch("--rail_kd_has_final", "Include the final output."),
-        _switch("--rail_kd_show_hook_change", "Print the sampled teacher layers."),
-        _switch("--rail_kd_no_random", "Use fixed stride layers instead of random ones."),
-    ),
-    # ---- mgskd (spec 3.10) --------------------------------------------------------------------
-    *_group(
-        "mgskd",
-        _value("--mgskd_weight_sample", float, 4.0, "Weight of the sample-level loss."),
-        _value("--mgskd_weight_token", float, 1.0, "Weight of the token-level loss."),
-        _value("--mgskd_weight_span", float, 1.0, "Weight of the span-level loss."),
-        _value("--mgskd_sample_level_m", int, 2, "Representations from this index on use the sample-level loss."),
-        _value("--mgskd_triplet_k1", int, 20, "Number of global tokens of the triplet angle loss."),
-        _value("--mgskd_triplet_k2", int, 20, "Number of local neighbours per global token."),
-        _value("--mgskd_multi_heads", int, 64, "Number of relation heads the hidden states are split into."),
-        _value("--mgskd_span_max_rate", float, 0.4, "Number of spans as a fraction of the sequence length."),
-        _switch("--mgskd_wo_inter", "Disable the intermediate loss (second fine-tuning stage)."),
-    ),
-    # ---- diito (spec 3.11) --------------------------------------------------------------------
-    *_group(
-        "diito",
-        _value("--diito_alignment", str, "full", "Alignment points of the interchange intervention.",
-               choices=("full", "middle", "late")),
-        _value("--diito_interchange_prop", float, 0.3, "Fraction of tokens interchanged."),
-        _value("--diito_interchange_way", str, "consecutive", "How the interchanged positions are chosen.",
-               choices=("consecutive", "masked", "random")),
-        _value("--diito_interchange_max_token", int, -1, "Maximum interchanged tokens; -1 means unlimited."),
-        _value("--diito_alpha_mlm", float, 1.0, "Weight of the hard MLM loss."),
-        _value("--diito_alpha_ce", float, 1.0, "Weight of the soft KL on the normal pass."),
-        _value("--diito_alpha_causal_ce", float, 1.0, "Weight of the soft KL on the interchanged pass."),
-        _value("--diito_alpha_cos", float, 1.0, "Weight of the cosine loss on the normal pass."),
-        _value("--diito_alpha_causal_cos", float, 1.0, "Weight of the cosine loss on the interchanged pass."),
-    ),
-    # ---- logitsdistil (GLMD, spec 3.12) -------------------------------------------------------
-    *_group(
-        "logitsdistil",
-        _switch("--logitsdistil_mask_pad", "Zero the logits at padding positions."),
-        _switch("--logitsdistil_mse", "Use MSE instead of KL."),
-        _value("--logitsdistil_top_n", float, None,
-               "Distil only the teacher's top-n logits; a value in (0,1) is a fraction of the vocabulary."),
-        _switch("--logitsdistil_teacher_min", "Top-n by filling the teacher's other logits with its minimum."),
-        _switch("--logitsdistil_wo_inter", "Disable the logits loss (second fine-tuning stage)."),
-        _switch("--logitsdistil_teacher_input_ids_map", "Map the teacher's input ids like the compressed student's."),
-        _switch("--logitsdistil_mask_a", "Distil only Part-B or answer positions."),
-    ),
-    # ---- sid (spec 3.14) ----------------------------------------------------------------------
-    *_group(
-        "sid",
-        _value("--sid_accumulate_t", float, 0.0,
-               "Unlock the next layer when the cosine loss falls below this threshold."),
-        _value("--sid_lim_e", str, "avg", "Layer-unlocking schedule; avg unlocks layers evenly over training."),
-    ),
-    # ---- alp_kd (spec 3.15) -------------------------------------------------------------------
-    *_group(
-        "alp_kd",
-        _value("--alp_kd_lambda", float, 0.2, "Weight of the ALP loss; parsed but unused in the original."),
-    ),
-    # ---- ckd (spec 3.16) ----------------------------------------------------------------------
-    *_group(
-        "ckd",
-        _value("--ckd_window_size", int, 21, "Window of tokens of the word-relation angle loss."),
-        _value("--ckd_wrdist_w", float, 1.0, "Weight of the word-relation distance loss."),
-        _value("--ckd_ltrdist_w", float, 1.0, "Weight of the layer-transforming-relation distance loss."),
-        _value("--ckd_wrangle_w", float, 10.0, "Weight of the word-relation angle loss."),
-        _value("--ckd_ltrangle_w", float, 10.0, "Weight of the layer-transforming-relation angle loss."),
-    ),
-    # ---- theseus (spec 3.17) ------------------------------------------------------------------
-    *_group(
-        "theseus",
-        _value("--theseus_replacing_rate", float, 0.3, "Initial probability of keeping a student layer."),
-        _value("--theseus_not_replaced_steps", float, 0.66,
-               "Fraction of training after which only student layers are used."),
-    ),
-    # ---- universal_kd (spec 3.18) -------------------------------------------------------------
-    *_group(
-        "universal_kd",
-        _switch("--universal_kd_wo_inter", "Disable the intermediate loss (second fine-tuning stage)."),
-        _switch("--universal_kd_cg", "Match only the final output (CG) instead of all layers."),
-        _switch("--universal_kd_avg", "Pool layers by the sequence mean instead of [CLS]."),
-        _value("--universal_kd_gamma", float, 0.5, "Weight of the intermediate loss."),
-        _value("--universal_kd_size", int, 0, "Projection size; 0 means the student's hidden size."),
-    ),
-    # ---- lrc_bert (spec 3.19) -----------------------------------------------------------------
-    *_group(
-        "lrc_bert",
-        _value("--lrc_bert_alpha", float, 1.0, "Weight of the contrastive intermediate loss."),
-        _switch("--lrc_bert_gard_perturb", "Train with gradient perturbation of the embeddings."),
-        _switch("--lrc_bert_gather_dp", "Gather the batch across data-parallel ranks for more negatives."),
-    ),
-    # ---- annealing_kd (spec 3.20) -------------------------------------------------------------
-    *_group(
-        "annealing_kd",
-        _value("--annealing_kd_max_t", float, 7.0, "Maximum annealing temperature."),
-    ),
-    # ---- mobilebert (spec 3.21) ---------------------------------------------------------------
-    *_group(
-        "mobilebert",
-        _value("--mobilebert_kd_w", float, 0.5, "Weight of the intermediate loss."),
-        _value("--mobilebert_pkt_small_lr", float, 0.1,
-               "Down-weighting of already-transferred layers in progressive knowledge transfer."),
-    ),
-    # ---- continuation_kd (spec 3.22) ----------------------------------------------------------
-    *_group(
-        "continuation_kd",
-        _value("--continuation_kd_max_t", float, 10.0, "Maximum annealing temperature."),
-        _value("--continuation_kd_margin", float, 1.0, "Margin of the hinge on the soft loss."),
-        _value("--continuation_kd_psi_sep", float, 0.666,
-               "Fraction of training after which only the hard loss is used."),
-        _value("--continuation_kd_psi_denominator", float, 1.333, "Denominator of the hard-loss weight schedule."),
-    ),
-    # ---- mixbaseline (spec 3.23) --------------------------------------------------------------
-    *_group(
-        "mixbaseline",
-        _switch("--mixbaseline_wo_inter", "Disable the intermediate losses of all components."),
-        _value("--mixbaseline_tinybert_t", float, 1.0, "Temperature of the TinyBERT component."),
-        _value("--mixbaseline_inter_bl", str, "",
-               "Comma list of component classes whose intermediate losses are summed."),
-        _value("--mixbaseline_pre_bl_pt_soft", str, "",
-               "Comma list of components whose prediction loss is used in pretraining."),
-        _value("--mixbaseline_pre_bl_ft_soft", str, "",
-               "Comma list of components whose prediction loss is added in fine-tuning."),
-        _switch("--mixbaseline_inter_checkpoint",
-                "Wrap each component's intermediate loss in activation checkpointing."),
-    ),
-    # ---- avg (AvgTeacher / TMKD / DGKD combiner, spec 2.8) ------------------------------------
-    *_group(
-        "avg",
-        _switch("--avgmt_inter_checkpoint", "Parsed but unused in the original."),
-        _switch("--avgmt_pre_checkpoint", "Parsed but unused in the original."),
-        _switch("--avgmt_sum_loss", "Sum the teachers' losses instead of averaging."),
-        _value("--avgmt_teacher_survival_p", float, 1.0,
-               "Probability of keeping each teacher; below 1 also adds the hard term (DGKD)."),
-    ),
-    # ---- mt_bert (spec 3.25) ------------------------------------------------------------------
-    *_group(
-        "mt_bert",
-        _switch("--mt_bert_fit_teacher", "Project the teacher to the student width instead of the reverse."),
-        _switch("--mt_bert_wo_hard", "Drop the combiner's built-in hard term."),
-        _switch("--mt_bert_wo_convert_layer", "No projection between student and teacher widths."),
-        _switch("--mt_bert_fix_layernorm", "Apply extra LayerNorms to the matched hidden states."),
-    ),
-    # ---- uncertainty (spec 3.26) --------------------------------------------------------------
-    *_group(
-        "uncertainty",
-        _switch("--uncertainty_wo_loss_mask", "Compute the student entropy without a mask."),
-        _switch("--uncertainty_only_mask_pad", "Mask the student entropy only at padding."),
-        _switch("--uncertainty_inter_entropy", "Also weight the intermediate losses by the entropy."),
-        _value("--uncertainty_teacher_seq", str, None,
-               "Colon list ordering the teachers from small to large, e.g. 1:0."),
-        _switch("--uncertainty_hard", "Route each sample to one teacher (hard selection)."),
-        _switch("--uncertainty_wo_rate", "Give every teacher weight 1."),
-        _switch("--uncertainty_wo_hard", "Drop the combiner's built-in hard term."),
-    ),
-    # ---- rl_kd (RL-KD multi-teacher selection, spec 3.27; not RAIL-KD) ------------------------
-    *_group(
-        "rl_kd",
-        _switch("--rl_kd_wo_loss_mask", "Feed the agent unmasked token logits."),
-        _switch("--rl_kd_only_mask_pad", "Mask the agent's token logits only at padding."),
-        _value("--rl_kd_reward", int, 1,
-               "Reward: 1 is minus the student's hard loss, 2 also subtracts the last teacher's.",
-               choices=(1, 2)),
-        _value("--rl_kd_semantic_model", int, None, "Index of the teacher that provides the agent's semantic state."),
-        _value("--rl_kd_semantic_model_dim", int, None,
-               "Width of the semantic state, required when no semantic teacher is present."),
-        _switch("--rl_kd_only_avg", "Average the teachers without the agent (warm-up stage)."),
-        _switch("--rl_kd_wo_hard", "Drop the combiner's built-in hard term."),
-        _value("--rl_kd_alpha", float, 0.5, "Weight of the teacher part; the hard term gets 1 - alpha."),
-        _switch("--rl_kd_policy_prob",
-                "This project's addition: the original's policy term -sum(pi) * reward instead of -sum(log pi) * reward."),
-    ),
-    # ---- mixmt (spec 2.8) ---------------------------------------------------------------------
-    *_group(
-        "mixmt",
-        _value("--mixmt_model", str, "",
-               "Comma list of combiner classes whose results are summed, e.g. AvgTeacher,MT_BERT."),
-    ),
 )
 
 
-def flag_groups() -> Dict[str, List[Flag]]:
-    """The flags of each group, generic groups first, then the method groups."""
-    groups: Dict[str, List[Flag]] = {name: [] for name in GENERIC_GROUPS + METHOD_GROUPS}
-    for flag in FLAGS:
-        groups[flag.group].append(flag)
+def _option_flag(option: OptionFlag, group: str) -> Flag:
+    if option.type is bool:
+        if option.default is not False:
+            raise TypeError(f"--{option.name}: a switch must default to False")
+        return Flag(f"--{option.name}", option.help, group, action="store_true", default=False)
+    return Flag(f"--{option.name}", option.help, group, type=option.type, default=option.default,
+                choices=option.choices)
+
+
+def method_groups(registry) -> Dict[str, List[Flag]]:
+    """{group: flags} for the methods (or combiners) of `registry` that have options: the
+    group is the registry name, the flags are the fields of its `options_class`, each starting
+    with its prefix (`<name>_`, or the class's `flag_prefix`)."""
+    groups = {}
+    for cls in registry.classes():
+        options = option_flags(cls.options_class)
+        prefix = cls.flag_prefix or f"{cls.name}_"
+        wrong = [option.name for option in options if not option.name.startswith(prefix)]
+        if wrong:
+            raise TypeError(f"{cls.__name__}: option(s) {wrong} do not start with its flag prefix {prefix!r}")
+        if options:
+            groups[cls.name] = [_option_flag(option, cls.name) for option in options]
     return groups
+
+
+def flag_groups() -> Dict[str, List[Flag]]:
+    """The flags of each group: the generic groups (the generic distillation options come from
+    `DistillOptions`), then one group per method and one per combiner, from the registries."""
+    from distill import MULTI_TEACHER_MODELS, STUDENT_MODELS, DistillOptions
+    groups: Dict[str, List[Flag]] = {name: [] for name in GENERIC_GROUPS}
+    for flag in GENERIC_FLAGS:
+        groups[flag.group].append(flag)
+    groups["distill"] += [_option_flag(option, "distill") for option in option_flags(DistillOptions)]
+    return {**groups, **method_groups(STUDENT_MODELS), **method_groups(MULTI_TEACHER_MODELS)}
+
+
+def all_flags() -> List[Flag]:
+    """Every flag, at the time of the call (a method registered later adds its own)."""
+    return [flag for flags in flag_groups().values() for flag in flags]
+
+
+def student_method_groups() -> List[str]:
+    from distill import STUDENT_MODELS
+    return list(method_groups(STUDENT_MODELS))
+
+
+def combiner_groups() -> List[str]:
+    from distill import MULTI_TEACHER_MODELS
+    return list(method_groups(MULTI_TEACHER_MODELS))
 
 
 def _argparse_kwargs(flag: Flag) -> Dict[str, Any]:

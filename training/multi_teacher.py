@@ -45,7 +45,7 @@ def method_teacher_infos(cfg: RunConfig, infos: Sequence[TeacherInfo]) -> Tuple[
     """The teachers as the method sees them (MT-BERT with --mt_bert_fit_teacher projects every
     teacher's hidden states to the student's width first)."""
     cls = combiner_class(cfg.distill.multi_teacher_model)
-    return cls.method_teacher_infos(cls.options_from_flags(cfg.distill.combiner_options), infos, cfg.arch.hidden_size)
+    return cls.method_teacher_infos(cfg.distill.combiner_options, infos, cfg.arch.hidden_size)
 
 
 def build_combiner(cfg: RunConfig, stage, student: GLMStudent, vocab_size: int,
@@ -59,7 +59,7 @@ def build_combiner(cfg: RunConfig, stage, student: GLMStudent, vocab_size: int,
         raise ConfigError(f"--multi_teacher_model={name} needs every teacher's output, but --mt_disable_operation "
                           f"disables teacher(s) {disabled}; only avg can skip teachers")
     try:
-        combiner = build_multi_teacher(name, cfg.distill.combiner_options, DistillOptions(**cfg.distill.options),
+        combiner = build_multi_teacher(name, cfg.distill.combiner_options, cfg.distill.options,
                                        combiner_context(cfg, stage, vocab_size))
     except ValueError as error:
         raise ConfigError(f"--multi_teacher_model={name}: {error}") from None

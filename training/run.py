@@ -6,6 +6,7 @@ torch) with the optimizer and LR schedule; --load resumes exactly; train; at the
 fine-tuning the tracker points at the best weights and the best scores are written.
 """
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -17,9 +18,7 @@ from data_utils.blocklm import BlockLMConfig, BlockLMStrategy
 from data_utils.corpora import CorpusConfig, build_corpus
 from data_utils.samples import split_iterators
 from data_utils.tokenization import build_tokenizer, packaged_vocab_path
-from distill.distill_model import DistillOptions, TeacherInfo, build_student
-from distill.analysis import AnalysisOptions
-from distill.random_data import RandomDataOptions
+from distill.distill_model import TeacherInfo, build_student
 from model import GLMModel, glm_model_of
 from model.glm import MAP_BUFFERS
 from model.checkpoint import atomic_torch_save, atomic_write_bytes, model_states, shard_filename, write_tracker
@@ -222,7 +221,7 @@ def build_models(cfg: RunConfig, stage, glm_config, vocab_size: int, env, tokeni
     if cfg.distill.enabled:
         infos = [TeacherInfo(t.arch.num_layers, t.arch.hidden_size, t.arch.num_attention_heads) for t in cfg.teachers]
         infos = method_teacher_infos(cfg, infos)   # as the method sees them (MT-BERT may project them)
-        student = build_student(cfg.distill.student_model, student_module, DistillOptions(**cfg.distill.options), infos,
+        student = build_student(cfg.distill.student_model, student_module, cfg.distill.options, infos,
                                 method_options=cfg.distill.method_options)
         if cfg.train.checkpoint_activations and not student.supports_activation_checkpointing:
             raise ConfigError(f"--student_model={cfg.distill.student_model} does not work with "
@@ -299,7 +298,7 @@ def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:
         evaluate = (lambda: stage.evaluate(forward, valid)) if valid else None
     run_record = cfg.to_dict()
     logger = MetricsLogger(ctx.save_dir, total_iters, enabled=env.is_main, open_now=False,
-                           tensorboard=not cfg.flags.get("custom_no_summary_writer", False), desc=cfg.stage)
+                           tensorboard=not cfg.train.custom_no_summary_writer, desc=cfg.stage)
     settings = LoopSettings(
         total_iters=total_iters, gradient_accumulation_steps=values["gradient_accumulation_steps"],
         log_interval=cfg.train.log_interval, save_dir=ctx.save_dir,
@@ -311,12 +310,8 @@ def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:
         custom_first_eval=cfg.train.custom_first_eval, custom_tmp_result=cfg.train.custom_tmp_result,
         no_save=cfg.train.custom_no_save_checkpoint or evaluate_only, seed=cfg.train.seed,
         mt_has_loss=cfg.distill.mt_has_loss,
-        random_data=RandomDataOptions.from_flags(cfg.flags.get("distill_random_data") or "",
-                                                 cfg.flags.get("distill_random_data_n", "0"),
-                                                 cfg.flags.get("distill_random_data_method", "shuffle"),
-                                                 tokenizer.num_tokens) if cfg.distill.enabled else None,
-        analysis=AnalysisOptions(bool(cfg.flags.get("distil_analysis_inter")), cfg.flags.get("distil_analysis_frcn", "0"))
-        if cfg.distill.enabled and cfg.flags.get("distil_analysis_inter") else None)
+        random_data=replace(cfg.distill.random_data, vocab_size=tokenizer.num_tokens) if cfg.distill.enabled else None,
+        analysis=cfg.distill.analysis if cfg.distill.enabled and cfg.distill.analysis.distil_analysis_inter else None)
     client_extras = {"run_config": run_record, **recorded}
     trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,

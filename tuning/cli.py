@@ -243,8 +243,8 @@ def check_against_finetune(plans: Sequence[RunPlan], py_file: str) -> None:
     """Every run's flags parse with finetune.py's own parser (when that is the script)."""
     if Path(py_file).name != "finetune.py":
         return
-    from training.flags import FLAGS, build_parser as finetune_parser
-    parser, names = finetune_parser("finetune.py", "finetune"), [flag.name for flag in FLAGS]
+    from training.flags import all_flags, build_parser as finetune_parser
+    parser, names = finetune_parser("finetune.py", "finetune"), [flag.name for flag in all_flags()]
     for plan in plans:
         argv = render_args(plan.args)
         captured = io.StringIO()
