@@ -183,7 +183,7 @@ def test_finetune_with_zero_epochs_evaluates_only(material, tmp_path):
     (["--log-interval=-1"], "--log-interval=-1 must not be negative"),
     (["--hidden-dropout=1.5"], "--hidden-dropout=1.5 must lie in [0, 1)"),
     (["--student_model=kd", "--teacher_load_pretrained=t", "--distill_temperature=0"],
-     "--distill_temperature=0.0 must be positive"),
+     "distill_temperature must be a positive finite number, got 0.0"),
 ])
 def test_configuration_errors_are_named_at_parse_time(material, tmp_path, extra, message):
     folder, vocab, corpus, good = material
