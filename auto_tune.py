@@ -1,5 +1,5 @@
 """Fine-tune or distil over several SuperGLUE/GLUE tasks and stages, and report a table
-(the original's distill/auto_tune.py; gkd-spec section 6).
+(the original's distill/auto_tune.py).
 
     python auto_tune.py --model=block_tiny6 --model_path=checkpoints/student --task_t_load=base \
         --tasks=rte,cb --student_model=kd --distill_ft_soft --again_1__distill_ft_soft --test

@@ -1,4 +1,4 @@
-"""Build the sorted-vocabulary table that GLMD vocabulary compression reads (spec 3.12).
+"""Build the sorted-vocabulary table that GLMD vocabulary compression reads.
 
     python vocab_sort.py --train-data=FILE [FILE ...] --tokenizer-type=BertWordPieceTokenizer \\
         --tokenizer-model-type=bert-base-uncased [--tokenizer-path=VOCAB] [--text-key=text] \\

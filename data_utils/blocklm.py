@@ -1,4 +1,4 @@
-"""GLM blank-infilling (block-LM) batches: the original's ``ConstructBlockStrategy`` (spec 9.3).
+"""GLM blank-infilling (block-LM) batches: the original's ``ConstructBlockStrategy``.
 
 Input: a list of samples, each a list of token ids that starts with ``[CLS]`` (as produced by
 ``data_utils.corpora.BlockSampleDataset``). A sample may hold several documents separated by

@@ -14,12 +14,11 @@ disjoint samples. An epoch's last incomplete global batch is dropped. ``state_di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
-import torch
 
-from data_utils.blocklm import BlockLMStrategy, derive_seed
+from data_utils.blocklm import derive_seed
 from data_utils.corpora import Corpus
 from data_utils.indexed_dataset import IndexedTokens
 
@@ -116,13 +115,6 @@ class DistributedSampleIterator:
                                  f"{mine} (a different seed or corpus)")
         self._epoch, self._position, self._step = state["epoch"], state["position"], state["step"]
         self._order = self._permutation(self._epoch)
-
-
-def block_batches(samples: DistributedSampleIterator,
-                  strategy: BlockLMStrategy) -> Iterator[dict[str, torch.Tensor]]:
-    """Blank-infilling batches; the position lives in ``samples`` (one batch pulled per yield)."""
-    for batch in samples:
-        yield strategy(batch.samples, batch.seed)
 
 
 def split_iterators(corpus: Corpus, seq_length: int, batch_size: int, cls_id: int,

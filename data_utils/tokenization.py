@@ -1,4 +1,4 @@
-"""GLM tokenizers built from local vocabulary files (spec 9.4).
+"""GLM tokenizers built from local vocabulary files.
 
 Three tokenizer types, named as in the original GLM/GKD:
 

@@ -1,4 +1,4 @@
-"""The sorted-vocabulary table of GLMD vocabulary compression (spec 3.12), the original's
+"""The sorted-vocabulary table of GLMD vocabulary compression, the original's
 ``vocab_sort``: token frequencies of a corpus, protected tokens first.
 
 Order of the table: every protected token (the tokenizer's command tokens, plus each token of

@@ -26,15 +26,15 @@ class GLMConfig:
     output_predict: bool = True                # False: return the final hidden states
     checkpoint_activations: bool = False
     checkpoint_num_layers: int = 1
-    # MobileBERT inverted bottleneck (spec 9.2)
+    # MobileBERT inverted bottleneck
     inverted_bottleneck_mode: bool = False
     ib_hidden_size: int = 128
     ib_ffn_num: int = 4
     ib_word_emb: int = 0                       # >0: trigram input embedding of this width
-    # ALBERT (spec 3.31)
+    # ALBERT
     compress_word_emb: int = 0                 # >0: factorised word embeddings of this width
     cross_layer_parameter_sharing: bool = False
-    # GLMD vocabulary compression (spec 3.12)
+    # GLMD vocabulary compression
     map_vocab_size: int = 0                    # >0: the word-embedding table keeps this many rows
     unmap_vocab_output: bool = False           # logits over the kept rows only (else over all V ids)
 
@@ -71,11 +71,6 @@ class GLMConfig:
         """Rows of the word-embedding table: the kept vocabulary under compression, else V."""
         return self.map_vocab_size or self.vocab_size
 
-    @property
-    def output_vocab_size(self) -> int:
-        """Columns of the (gathered) logits."""
-        return self.map_vocab_size if self.unmap_vocab_output else self.vocab_size
-
     def check_model_parallel_size(self, model_parallel_size: int) -> None:
         """Raise unless heads, widths and vocabulary divide among `model_parallel_size` ranks."""
         for what, size in [("num_attention_heads", self.num_attention_heads),
@@ -102,7 +97,7 @@ class GLMConfig:
 BERT_VOCAB = 30592    # bert-base-uncased 30522 + [sop], [eop], padded to 128
 GPT2_VOCAB = 50304    # GPT-2 50257 + command tokens, padded to 128
 
-# Size presets (spec 9.5). Tiny ones are for tests and the README demo.
+# Size presets. Tiny ones are for tests and the README demo.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "glm-base": dict(num_layers=12, hidden_size=768, num_attention_heads=12, vocab_size=BERT_VOCAB),
     "glm-large": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=BERT_VOCAB),

@@ -1,5 +1,5 @@
 """GLMModel: Du et al. 2022, "GLM: General Language Model Pretraining with Autoregressive
-Blank Infilling" (spec 9.1), on model-parallel layers, with named taps and interventions."""
+Blank Infilling", on model-parallel layers, with named taps and interventions."""
 from dataclasses import dataclass, field
 from typing import Collection, Dict, List, Mapping, Optional
 
@@ -43,7 +43,7 @@ class GLMModel(nn.Module):
     forward(input_ids [B, S], position_ids [B, 2, S], attention_mask (sep: int or [B], or a
     [B, 1, S, S] mask), taps=(names...), interventions={name: callable}) -> ModelOutput.
 
-    Vocabulary compression (config.map_vocab_size = M > 0, spec 3.12): the word-embedding
+    Vocabulary compression (config.map_vocab_size = M > 0): the word-embedding
     table has M rows and the three map tensors are buffers (saved with the weights, replicated
     on every model-parallel rank; see `model.vocab_map`). Input ids are original ids, mapped to
     rows before the lookup. The logits cover the V original ids (a dropped id gets its
@@ -140,10 +140,6 @@ class GLMModel(nn.Module):
     def map_output_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Original ids -> logit columns (rows with unmap_vocab_output; unchanged otherwise)."""
         return self.origin_id_to_target_pos[ids] if self.config.unmap_vocab_output else ids
-
-    def output_ids_to_origin(self, columns: torch.Tensor) -> torch.Tensor:
-        """Logit columns (e.g. an argmax) -> original ids; inverse of `map_output_ids` on kept ids."""
-        return self.target_pos_to_origin_id[columns] if self.config.unmap_vocab_output else columns
 
     def replace_dropped_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Original ids with every dropped id replaced by the kept id the student reads instead

@@ -1,4 +1,4 @@
-"""Task heads on a GLMModel (spec 8.1, 9.1): single-token cloze, multi-token cloze and
+"""Task heads on a GLMModel: single-token cloze, multi-token cloze and
 sequence classification. Multi-choice inputs [B, C, ...] are flattened to [B*C, ...]
 rows for the language model; taps therefore describe the choice-expanded rows.
 

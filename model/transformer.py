@@ -123,7 +123,7 @@ class ParallelMLP(nn.Module):
 class ParallelTransformerLayer(nn.Module):
     """Pre-LN layer: h + Attn(LN(h)), then + MLP(LN(.)).
 
-    Inverted-bottleneck mode (MobileBERT, spec 9.2) works at the inner width ib: the
+    Inverted-bottleneck mode (MobileBERT) works at the inner width ib: the
     residual enters through `ib_linear_in` (H -> ib), `ib_ffn_num` FFNs run at ib, and
     `ib_linear_out` (ib -> H) adds back onto the layer input.
     forward: hidden [B, S, H] -> [B, S, H].

@@ -1,4 +1,4 @@
-"""Vocabulary compression (GLMD-vc, spec 3.12): the student keeps the M most frequent tokens
+"""Vocabulary compression (GLMD-vc): the student keeps the M most frequent tokens
 (protected ones first) in its word-embedding table, and every dropped token is replaced by a
 kept one.
 

@@ -76,8 +76,6 @@ class CudaRNGStatesTracker:
             _set_device_rng_state(original)
 
 
-RNGStatesTracker = CudaRNGStatesTracker
-
 # One tracker per process, as in Megatron (its API hands out this object).
 _RNG_STATE_TRACKER = CudaRNGStatesTracker()
 

@@ -1,5 +1,5 @@
 """Downstream tasks: SuperGLUE and GLUE processors, PET cloze patterns, GLM cloze inputs,
-metrics and prediction files (spec section 8).
+metrics and prediction files.
 
 Typical use::
 

@@ -1,4 +1,4 @@
-"""GLM cloze inputs: pattern parts, truncation and the Part A / Part B layout (spec 8.1).
+"""GLM cloze inputs: pattern parts, truncation and the Part A / Part B layout.
 
 A pattern fills an example into ``parts_a`` and ``parts_b``: each part is a ``Seg`` (text,
 shortenable or not) or ``MASK``. Each text part is tokenised on its own and the pieces are
@@ -130,7 +130,7 @@ class ClozeRow:
 
 def layout_row(tokens_a: list[int], tokens_b: list[int], answer_ids: Optional[list[int]],
                tokenizer: GLMTokenizer, max_seq_length: int) -> ClozeRow:
-    """Lay out ``[CLS] a b [eos] | [sop] answer[:-1]`` and pad (spec 8.1).
+    """Lay out ``[CLS] a b [eos] | [sop] answer[:-1]`` and pad.
 
     ``answer_ids`` must end with ``[eop]``; ``None`` gives the single-token Part B ``[sop]``.
     """

@@ -1,7 +1,7 @@
 """Batching of task samples: fixing or padding the number of choices, then stacking.
 
 Padded choices repeat the first choice and get ``loss_mask`` 0 and ``choice_index`` -1; the
-model masks them with -10000 before the loss (spec 8.1).
+model masks them with -10000 before the loss.
 """
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ from typing import Any, Iterator, Optional, Sequence
 
 from data_utils.text_files import iter_lines, read_lines
 
-SPLITS = ("train", "dev", "test")
-
 _PUNCTUATION_MAP = {"\u201c": '"', "\u201d": '"', "\u2019": "'", "\u2018": "'", "\u2013": "-"}
 
 

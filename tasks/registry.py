@@ -1,7 +1,7 @@
 """The task registry (keyed by the original's task names) and the typed task options.
 
-Per-task defaults (pattern id, max length, metrics) are plain data from spec 8.2 / 6.4; the
-first metric of ``DEFAULT_METRICS[task]`` selects the best epoch (spec 8.4).
+Per-task defaults (pattern id, max length, metrics) are plain data, the original's for SuperGLUE;
+the first metric of ``DEFAULT_METRICS[task]`` selects the best epoch.
 """
 from __future__ import annotations
 

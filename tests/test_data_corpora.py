@@ -11,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_utils.blocklm import BlockLMConfig, BlockLMStrategy
 from data_utils.corpora import (CorpusConfig, CorpusFormatError, build_corpus, iter_documents,
                                 parse_split, split_documents)
 from data_utils.indexed_dataset import IndexedTokens, token_dtype, write_indexed_tokens
-from data_utils.samples import (BlockSampleDataset, DistributedSampleIterator, block_batches,
-                                split_iterators)
+from data_utils.samples import BlockSampleDataset, DistributedSampleIterator, split_iterators
 from data_utils.tokenization import CommandTokens, GLMTokenizer
+from training.data import PretrainBatches
 
 WORDS = [f"w{i}" for i in range(200)]
+CPU = torch.device("cpu")
 
 
 class WordTokenizer(GLMTokenizer):
@@ -188,17 +190,17 @@ def test_resume_gives_exactly_the_remaining_batches(tmp_path):
     reference = iterator()
     per_epoch = reference.batches_per_epoch
     total = 3 * per_epoch  # three epochs, so stops land before and after an epoch boundary
-    batches = block_batches(reference, strategy)
+    batches = PretrainBatches(reference, strategy, CPU)
     expected = [next(batches) for _ in range(total)]
     for stop in (3, per_epoch + 2):
         stopped = iterator()
-        stopped_batches = block_batches(stopped, strategy)
+        stopped_batches = PretrainBatches(stopped, strategy, CPU)
         for _ in range(stop):
             next(stopped_batches)
         state = json.loads(json.dumps(stopped.state_dict()))  # survives a checkpoint file
         resumed = iterator()
         resumed.load_state_dict(state)
-        resumed_batches = block_batches(resumed, strategy)
+        resumed_batches = PretrainBatches(resumed, strategy, CPU)
         for want in expected[stop:]:
             have = next(resumed_batches)
             assert all(np.array_equal(want[k].numpy(), have[k].numpy()) for k in want)
@@ -222,7 +224,7 @@ def test_split_iterators_and_real_bert_vocab(tmp_path):
     assert test is not None and len(train.dataset) > len(valid.dataset)
     strategy = BlockLMStrategy.from_tokenizer(
         BlockLMConfig(bert_prob=0.5, gap_sentence_prob=0.5), tokenizer)
-    batch = next(block_batches(train, strategy))
+    batch = next(PretrainBatches(train, strategy, CPU))
     assert batch["text"].shape[0] == 2 and int(batch["loss_mask"].sum()) > 0
 
 

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from glm_fixtures import blank_infilling_batch, reference_glm_logits, tiny_config
 from model import (LAYER_TAPS, GLMConfig, GLMForMultiTokenCloze, GLMForSequenceClassification,
-                   GLMForSingleTokenCloze, GLMModel, language_model_loss, preset)
+                   GLMForSingleTokenCloze, GLMModel, preset)
 from mpu import pad_vocab_size
+from training.stages import PretrainStage
 
 
 def build(seed=0, **overrides) -> GLMModel:
@@ -15,14 +16,20 @@ def build(seed=0, **overrides) -> GLMModel:
     return GLMModel(tiny_config(**overrides))
 
 
+def lm_loss(out, target, loss_mask) -> torch.Tensor:
+    """The token CE that pretraining trains on."""
+    return PretrainStage().hard_loss(out, {"target": target, "loss_mask": loss_mask})[0]
+
+
 def test_forward_matches_independent_reference():
     model = build()
     ids, position, sep, target, loss_mask = blank_infilling_batch()
-    logits = model(ids, position, sep).logits
+    out = model(ids, position, sep)
+    logits = out.logits
     expected = reference_glm_logits(model.state_dict(), model.config, ids, position, sep)
     # Same fp32 math in a different order (fused QKV split, -16384 vs -inf masking): 1e-5.
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    loss = language_model_loss(logits, target, loss_mask)
+    loss = lm_loss(out, target, loss_mask)
     expected_loss = (F.cross_entropy(expected.reshape(-1, 136), target.reshape(-1), reduction="none")
                      * loss_mask.reshape(-1)).sum() / loss_mask.sum()
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
@@ -127,7 +134,7 @@ def test_checkpointed_forward_gives_the_same_dropout_masks_and_gradients():
         # layers.1.layernorm_input is the input of the second checkpointed chunk itself.
         out = model(ids, position, sep, taps=["layers.1.attention_probs", "layers.0.tf_output",
                                                "layers.1.layernorm_input"])
-        loss = (language_model_loss(out.logits, target, loss_mask) + out.taps["layers.0.tf_output"].pow(2).mean()
+        loss = (lm_loss(out, target, loss_mask) + out.taps["layers.0.tf_output"].pow(2).mean()
                 + out.taps["layers.1.layernorm_input"].pow(3).mean() + out.taps["layers.1.attention_probs"].mean())
         loss.backward()
         results.append((out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -154,7 +161,7 @@ def test_architecture_options_train(options):
     if not model.config.block_position_encoding:
         position = position[:, 0]
     out = model(ids, position, sep, taps=["layers.1.attention_scores", "layers.1.layernorm_output"])
-    language_model_loss(out.logits, target, loss_mask).backward()
+    lm_loss(out, target, loss_mask).backward()
     assert all(p.grad is not None for p in model.parameters())
     keys = model.state_dict().keys()
     if options.get("cross_layer_parameter_sharing"):
@@ -219,7 +226,7 @@ def test_config_validation_and_presets():
     assert pad_vocab_size(30524, 128, 1) == 30592 and pad_vocab_size(30524, 128, 2) == 30592
     base = preset("glm-base")
     assert (base.num_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
-    # glm-base counts ~110M parameters (spec 9.5): embeddings 30592*768 + 12 layers + positions.
+    # glm-base counts ~110M parameters: embeddings 30592*768 + 12 layers + positions.
     with torch.device("meta"):
         num_params = sum(p.numel() for p in GLMModel(base).parameters())
     assert 108e6 < num_params < 111e6

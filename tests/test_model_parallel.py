@@ -8,7 +8,8 @@ import torch
 import mpu
 from dist_utils import assert_rel_close, run_distributed
 from glm_fixtures import blank_infilling_batch, tiny_config
-from model import GLMForMultiTokenCloze, GLMModel, language_model_loss
+from model import GLMForMultiTokenCloze, GLMModel
+from training.stages import PretrainStage
 
 pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside the fast tier
 
@@ -33,7 +34,7 @@ def _optimizer(model):
 def _forward_loss(model, batch, taps=()):
     ids, position, sep, target, loss_mask = batch
     out = model(ids, position, sep, taps=taps)
-    return out, language_model_loss(out.logits, target, loss_mask)
+    return out, PretrainStage().hard_loss(out, {"target": target, "loss_mask": loss_mask})[0]
 
 
 def _reference():

@@ -2,7 +2,7 @@
 
 An `Arg` is `("--seed", "1234")`, `("--fp16", None)` for a switch, or `("--load-pretrained", "")`
 for a flag given an empty value. `merge_args` keeps the original's `OrderedDict(py_args)`
-semantics (spec 6.4): a later duplicate overrides the value but keeps the first position, which
+semantics: a later duplicate overrides the value but keeps the first position, which
 is how forwarded flags override template flags.
 """
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -71,7 +71,7 @@ def render_args(args: Iterable[Arg]) -> List[str]:
 
 
 def toggle_stage_args(base: Sequence[Arg], stage: Sequence[Arg]) -> Tuple[List[Arg], List[Arg]]:
-    """The original's `--again_N__` rule (spec 6.6): a stage pair identical to a base pair
+    """The original's `--again_N__` rule: a stage pair identical to a base pair
     removes both (a switch is toggled off); the other stage pairs are kept, to be appended after
     the base pairs (so a flag the base has is overridden at its position).
 

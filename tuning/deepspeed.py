@@ -1,4 +1,4 @@
-"""Per-task patches of the DeepSpeed JSON (spec 6.3).
+"""Per-task patches of the DeepSpeed JSON.
 
 `--ds_<a>__<b>=v` sets `config[a][b]`, cast to the type of the value already there (so the key
 must exist); `v` may be a `;` list with one value per task of `--tasks`. `--rate_ds_<a>__<b>=r`

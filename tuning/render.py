@@ -1,4 +1,4 @@
-"""A sweep spec -> the commands of every run, as the original auto_tune builds them (spec 6.4-6.6).
+"""A sweep spec -> the commands of every run, as the original auto_tune builds them.
 
 Pure functions: the clock, the ports and the files are inputs. One run per task and stage; a
 task's stages run in order, stage N loading stage N-1's `<save>/<experiment-name>` (its tracker

@@ -1,4 +1,4 @@
-"""Result records -> tables (spec 6.8): one row per method and stage, one column per task, and
+"""Result records -> tables: one row per method and stage, one column per task, and
 the mean.
 
 A record is one run as auto_tune writes it (the original's `ft_logs/*.json` are lists of the

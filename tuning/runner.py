@@ -58,7 +58,7 @@ def _mp_suffix_free(path: str) -> str:
 
 
 def reshard_path(path: str, mp: int, convert: Callable[[str, int], Optional[Path]]) -> str:
-    """The checkpoint to load at model-parallel size `mp` (spec 6.7): `path` itself when it is
+    """The checkpoint to load at model-parallel size `mp`: `path` itself when it is
     missing (a later stage's, written at `mp` anyway), already named `_MP<mp>`, or already of
     size `mp`; otherwise `<path without _MPk>[_MP<mp>]`, written by `convert` (change_mp) unless
     it exists."""

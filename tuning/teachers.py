@@ -1,4 +1,4 @@
-"""The `task_t_load` registry (spec 6.5): per-task teacher checkpoints by name.
+"""The `task_t_load` registry: per-task teacher checkpoints by name.
 
 The registry is a JSON object `{key: {"args": [[flag, value], ...], "tasks": {task: path},
 "comments": str}}`. For a task, each `[flag, value]` with a scalar value is passed as is (`true`

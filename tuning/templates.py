@@ -1,4 +1,4 @@
-"""auto_tune's templates as plain data (spec 6.4): the student models, the downstream tasks with
+"""auto_tune's templates as plain data: the student models, the downstream tasks with
 their presets, the epoch tables, and the fixed parts of a fine-tuning command.
 
 The SuperGLUE presets are the original's (sequence length, PET pattern, extra flags, epochs,
@@ -152,7 +152,7 @@ def task_train_args(task: TaskTemplate) -> Tuple[Arg, ...]:
     return TRAIN_ARGS + task.extra_args + pattern
 
 
-# How results are read (spec 6.8): the metrics that count for selecting a run's best epoch, and
+# How results are read: the metrics that count for selecting a run's best epoch, and
 # the order a table shows a task's metrics in when it is not the logged order.
 ALLOWED_METRICS = ("f1a", "f1", "f1-macro", "em", "acc", "accuracy", "ppl", "matthews", "pearson", "spearman")
 DISPLAY_METRICS: Mapping[str, Tuple[str, ...]] = {"record": ("F1", "EM")}

@@ -1,1 +1,1 @@
-"""GLUE processors (official TSV files) and cloze patterns (spec 8.3)."""
+"""GLUE processors (official TSV files) and cloze patterns."""

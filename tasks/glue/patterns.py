@@ -1,5 +1,5 @@
-"""Cloze patterns of the GLUE tasks (spec 8.3; the patterns not listed there are this
-project's own, in the same PET style). STS-B (regression) has no cloze pattern.
+"""Cloze patterns of the GLUE tasks. SST-2's and MNLI's are the original's; the others are this
+project's own, in the same PET style. STS-B (regression) has no cloze pattern.
 
 ``‖`` separates parts a and b; ``[M]`` is the mask.
 """

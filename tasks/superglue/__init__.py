@@ -1,1 +1,1 @@
-"""SuperGLUE processors and PET patterns (spec 8.2)."""
+"""SuperGLUE processors and PET patterns."""

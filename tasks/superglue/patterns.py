@@ -1,4 +1,4 @@
-"""PET patterns and verbalizers of the SuperGLUE tasks (spec 8.2).
+"""PET patterns and verbalizers of the SuperGLUE tasks.
 
 ``‖`` in the docstrings separates parts a and b; ``[M]`` is the mask. Text parts keep the
 leading spaces of the original patterns (they matter for BPE tokenizers).

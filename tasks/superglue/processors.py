@@ -1,5 +1,5 @@
 """SuperGLUE processors for the classification tasks: RTE, CB, AX-b, AX-g, BoolQ, WiC, COPA,
-MultiRC (spec 8.2). ReCoRD and WSC are in ``record_wsc.py``.
+MultiRC. ReCoRD and WSC are in ``record_wsc.py``.
 
 All text passes through ``punctuation_standardization``. Labels are required on train and dev
 and optional on test.

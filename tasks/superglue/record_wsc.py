@@ -1,4 +1,4 @@
-"""SuperGLUE processors for the multi-choice tasks ReCoRD and WSC (spec 8.2).
+"""SuperGLUE processors for the multi-choice tasks ReCoRD and WSC.
 
 The ``label`` of these examples is the index of the gold choice (ReCoRD) or the WSC label
 ("False"/"True"); the choices themselves live in ``meta``.
