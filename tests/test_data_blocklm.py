@@ -1,4 +1,4 @@
-"""Blank-infilling (block-LM) batches: layout goldens and invariants over many seeds (spec 9.3).
+"""Blank-infilling (block-LM) batches: layout goldens and invariants over many seeds.
 
 Synthetic token ids: command tokens are 0..9 (BERT-like: pad = eos = 0), text tokens 10..99;
 ids 10..14 end a sentence. Every random draw is seeded; the seed ranges are commented.

@@ -48,7 +48,7 @@ def test_bert_base_uncased_real_vocab(bert_vocab):
     assert tokenizer.decode(tokenizer.encode(FOX)) == FOX.lower()
     assert tokenizer.command == CommandTokens(pad=0, eos=0, cls=101, sep=102, mask=103, unk=100,
                                               sop=30522, eop=30523)
-    assert tokenizer.num_tokens == 30522 + 2  # spec 9.4: + sop, eop
+    assert tokenizer.num_tokens == 30522 + 2  # + sop, eop
     assert tokenizer.padded_vocab_size(128) == 30592
     assert tokenizer.padded_vocab_size(128, model_parallel_size=2) == 30592  # the same at MP 2 (GLM's rule)
     assert tokenizer.padded_vocab_size(128, model_parallel_size=3) == 30720  # lcm(128, 3) = 384; 80 x 384

@@ -219,7 +219,7 @@ def test_config_validation_and_presets():
     assert pad_vocab_size(30524, 128, 1) == 30592 and pad_vocab_size(30524, 128, 2) == 30592
     base = preset("glm-base")
     assert (base.num_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
-    # glm-base counts ~110M parameters (spec 9.5): embeddings 30592*768 + 12 layers + positions.
+    # glm-base counts ~110M parameters: embeddings 30592*768 + 12 layers + positions.
     with torch.device("meta"):
         num_params = sum(p.numel() for p in GLMModel(base).parameters())
     assert 108e6 < num_params < 111e6

@@ -1,4 +1,4 @@
-"""Truncation (spec 8.1), choice padding/fixing, batching and predictions from scores."""
+"""Truncation, choice padding/fixing, batching and predictions from scores."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Golden tests: for every task and pattern id, the rendered pattern text and the cloze token
-layout of one example (spec 8.1 / 8.2 / 8.3).
+layout of one example.
 
 Expected values are written by hand: token strings of the test vocabulary (tests/
 tasks_fixtures.py, ids = positions in VOCAB), the index of ``[MASK]`` and ``sep`` = len(Part A).

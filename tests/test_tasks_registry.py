@@ -1,4 +1,4 @@
-"""The task registry, per-task defaults (spec 8.2 / 6.4 / 8.4) and TaskConfig validation."""
+"""The task registry, per-task defaults and TaskConfig validation."""
 from __future__ import annotations
 
 import pytest

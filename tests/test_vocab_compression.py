@@ -1,4 +1,4 @@
-"""GLMD vocabulary compression (spec 3.12): map sizes and building (the original's table for
+"""GLMD vocabulary compression: map sizes and building (the original's table for
 bert-base-uncased, protected tokens, each similarity method on a constructed embedding), the
 compressed GLM against an uncompressed GLM holding the expanded table, the losses over the
 kept vocabulary against independent full-tensor computations, one MP=2 spawn comparing
@@ -46,7 +46,7 @@ def compressed_glm(seed: int = 3, unmap: bool = False, **overrides) -> GLMModel:
 
 # --------------------------------------------------------------------------- sizes and tables
 def test_map_size_is_a_fraction_or_a_count_rounded_up():
-    assert map_vocab_rows(0.5, 30524, 30592, 128) == 15360          # GLMD 110M -> 66M (spec 3.12)
+    assert map_vocab_rows(0.5, 30524, 30592, 128) == 15360          # GLMD 110M -> 66M
     assert map_vocab_rows(1000, 30524, 30592, 128) == 1024
     assert map_vocab_rows(128, 30524, 30592, 128) == 128
     assert map_vocab_rows(0, 30524, 30592, 128) == 0
