@@ -1,10 +1,10 @@
-"""Layer-similarity analysis, `--distil_analysis_inter` (spec 2.9): diagnostics, never a loss.
+"""Layer-similarity analysis, `--distil_analysis_inter`: diagnostics, never a loss.
 
 On the forward-repeat passes listed in `--distil_analysis_frcn`, `analysis_taps` asks the
 student for every layer's hidden state, attention scores and Q/K/V plus `output` and
-`logits_parallel`, and each teacher for the same at the uniformly mapped layers (spec 3.1;
-reversed when the student is deeper). The methods read their own taps by name, so the extra
-ones never reach their losses. `analysis_metrics` then compares, without gradients:
+`logits_parallel`, and each teacher for the same at the uniformly mapped layers (reversed when
+the student is deeper). The methods read their own taps by name, so the extra ones never reach
+their losses. `analysis_metrics` then compares, without gradients:
 
 * student and teacher tensors of equal shape: MSE, and KL_T (T in 1, 5, 10, 15, 20) of
   softmax over the last dimension;
@@ -14,7 +14,7 @@ ones never reach their losses. `analysis_metrics` then compares, without gradien
 
 The original drew figures from these; here every (measure, layer pair) is one scalar metric,
 tagged `analysis_inter/<kind>/s<i>_t<j>/<measure>` with kind in emb, hidden (representation
-indices i, j; spec 2.4), att, q, k, v (layer indices) and `analysis_inter/logits/<measure>`,
+indices i, j), att, q, k, v (layer indices) and `analysis_inter/logits/<measure>`,
 and "t<n>/" after "analysis_inter/" when there are several teachers. The trainer decides when
 to compute them (e.g. on logging steps) and logs them like any metric.
 

@@ -1,6 +1,6 @@
 """The student wrapper every distillation method subclasses, its typed inputs, and the registry.
 
-A trainer micro-step (spec 2.5) asks the student which taps and interventions it wants
+A trainer micro-step asks the student which taps and interventions it wants
 (`student_taps`, `teacher_taps`, ...: regenerated every step, so methods may randomise or
 progress layers), runs the student and the teachers with them, and hands the outputs to a
 multi-teacher combiner (`distill.multi_teacher_model`), which calls `pre_loss` and
@@ -27,7 +27,7 @@ STAGES = ("pretrain", "finetune")
 
 @dataclass(frozen=True)
 class DistillOptions:
-    """The generic distillation flags of spec 4.2 that `pre_loss` uses (flag names without dashes).
+    """The generic distillation flags that `pre_loss` uses (flag names without dashes).
 
     ft/pt soft: the soft term in fine-tuning / pretraining (ft default: soft CE without T^2;
     `distill_ft_soft_kl`: T^2 * KL; `distill_ft_soft_mse`: MSE on raw logits. pt default:
@@ -35,7 +35,7 @@ class DistillOptions:
     `distill_hard_rate` * the student's hard loss. Soft-term mask: none with
     `distill_wo_loss_mask`, the non-pad tokens (labels > 0) with `distill_only_mask_pad`.
 
-    The base-class logits term (spec 3.13), added to every method's inter loss that chains to
+    The base-class logits term, added to every method's inter loss that chains to
     `GLMStudent.inter_loss`: `distill_logits_parallel` turns on T^2 * KL (MSE with
     `distill_logit_mse`) between the LM logits at every token position, over non-pad positions
     with `distill_logit_mask_pad`. `distill_logit_mask_map`: under vocabulary compression, every
@@ -118,7 +118,7 @@ class DistillBatch:
     """What losses may need besides logits.
 
     stage: "pretrain" or "finetune". loss_mask: the Part-B mask [B, S] (None in cloze
-    fine-tuning, where no loss mask is passed; spec 5.2). labels: target ids [B, S], or [B]
+    fine-tuning, where no loss mask is passed). labels: target ids [B, S], or [B]
     in fine-tuning. position_ids: [B, 2, S]. token_level: the logits are vocabulary-parallel
     token logits [B, S, V/p] (pretraining, LM tasks); else replicated task logits [B, C].
     """
@@ -259,7 +259,7 @@ class GLMStudent(nn.Module):
                    t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
         """Intermediate-layer loss against teacher `t_no`: scalar, or [B] with keep_batch.
 
-        KD: 0, plus the base-class logits term with --distill_logits_parallel (spec 3.13):
+        KD: 0, plus the base-class logits term with --distill_logits_parallel:
         T^2 * KL(z_s/T || z_t/T) (MSE with --distill_logit_mse) of the LM logits at every
         token row (choice-expanded in cloze fine-tuning), non-pad rows only with
         --distill_logit_mask_pad; the same loss as GLMD's (`logits_distillation_loss`).
@@ -302,7 +302,7 @@ class GLMStudent(nn.Module):
 
     def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
                  keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        """Prediction-layer loss (spec 4.1): r_soft * soft + r_hard * hard_loss.
+        """Prediction-layer loss: r_soft * soft + r_hard * hard_loss.
 
         s_logits, t_logits: [B, S, V/p] when batch.token_level, else [B, C]. hard_loss: the
         student's hard loss, scalar ([B] with keep_batch). Returns a scalar ([B]) fp32 loss and
@@ -314,7 +314,7 @@ class GLMStudent(nn.Module):
         token-level labels; otherwise loss_mask. Reduction: `custom_mean` (plain mean over all
         rows, masked ones included).
 
-        Fixed on purpose (spec 11.4): the fine-tuning soft MSE applies m (the original lost it
+        Fixed on purpose: the fine-tuning soft MSE applies m (the original lost it
         to a `maks=` typo); masked rows never produce NaN (fully padded rows give 0); a masked
         row of the soft CE adds 0 instead of the original's constant log(V) (see losses.py).
         """
@@ -353,7 +353,7 @@ class GLMStudent(nn.Module):
         return loss * temperature ** 2 if kind == "kl" else loss
 
     def soft_mask(self, batch: DistillBatch) -> Optional[Tensor]:
-        """The soft-term mask m of spec 4.1 ([B, S] or None for m = 1)."""
+        """The soft-term mask m of `pre_loss` ([B, S] or None for m = 1)."""
         if batch.loss_mask is None or self.options.distill_wo_loss_mask:
             return None
         if self.options.distill_only_mask_pad and batch.labels is not None and batch.labels.dim() > 1:

@@ -1,4 +1,4 @@
-"""Which teacher layer each student layer learns from (spec 3.1), in one place.
+"""Which teacher layer each student layer learns from, in one place.
 
 Hidden representation k (k = 0..L) is `layers.k.layernorm_output` for k < L and `output` for
 k = L (see `hidden_tap`). A mapping is a list of L_s + 1 teacher representation indices, one

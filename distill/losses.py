@@ -1,4 +1,4 @@
-"""Prediction-layer distillation losses as small pure functions (spec 2.6, 4.1).
+"""Prediction-layer distillation losses as small pure functions.
 
 Every loss takes student and teacher logits and keyword hyper-parameters, computes in fp32
 and returns one value per row (`[...]` = the logits' shape without the last dimension):
@@ -124,7 +124,7 @@ def parallel_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, 
 
 # --------------------------------------------------------------------------- reduction and helpers
 def custom_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None, keep_batch: bool = False) -> torch.Tensor:
-    """The original's `CustomLoss` reduction (spec 2.6): loss * mask, then a plain mean.
+    """The original's `CustomLoss` reduction: loss * mask, then a plain mean.
 
     The mean runs over all elements, masked ones included. loss: [B, ...] -> scalar, or
     [B] (mean over every dimension but 0) with `keep_batch`.

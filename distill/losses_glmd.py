@@ -1,4 +1,4 @@
-"""GLMD's all-position logits losses (spec 3.12, 3.13) as small pure functions, and how a
+"""GLMD's all-position logits losses as small pure functions, and how a
 vocabulary-compressed student's logits line up with a teacher's (`VocabView`).
 
 Logits arrive vocabulary-parallel, `[..., V/p]` (this rank's columns of the vocabulary); every
@@ -33,7 +33,7 @@ DROPPED_LOGIT = -1e9
 
 @dataclass(frozen=True)
 class VocabView:
-    """How a vocabulary-compressed student's logits line up with a teacher's (spec 3.12).
+    """How a vocabulary-compressed student's logits line up with a teacher's.
 
     kept_ids: [M] the original id of each student row (in row order); kept_mask: [V] bool, True
     for kept original ids; unmapped: the student's logits are over its M rows
@@ -166,7 +166,7 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
                              group: ProcessGroup = None, top_n: Optional[float] = None, teacher_min: bool = False,
                              keep_batch: bool = False, column_keep: Optional[torch.Tensor] = None
                              ) -> Tuple[torch.Tensor, dict]:
-    """GLMD's logits loss over every token position (spec 3.12 steps 5-6, 3.13).
+    """GLMD's logits loss over every token position.
 
     s_logits_parallel, t_logits_parallel: [B, S, V/p]; mask: [B, S] (nonzero = keep) or None.
     Loss per row: T^2 * KL(softmax(t/T) || softmax(s/T)), or with `mse` the mean over the whole

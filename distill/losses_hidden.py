@@ -1,6 +1,6 @@
 """Intermediate-layer losses of TinyBERT, MiniLM, MiniLMv2, DistilBERT and PKD as pure functions.
 
-All math is fp32. Reductions follow the original's `CustomLoss` (spec 2.6): a plain mean over
+All math is fp32. Reductions follow the original's `CustomLoss`: a plain mean over
 every element (or row), masked ones included; `keep_batch` keeps dim 0 and returns [B].
 
 Two kinds of inputs:
@@ -10,7 +10,7 @@ Two kinds of inputs:
   mixed Q/K/V projections [B, S, A/p]): every head's loss is computed locally and
   `head_parallel_mean` all-reduces the sums over `group` (None: the model-parallel group).
   Heads are never mixed, so MP=p equals MP=1 (the original gathered along the last axis,
-  which mixes heads in KL losses at MP > 1; spec 11.4).
+  which mixes heads in KL losses at MP > 1).
 """
 import math
 from typing import Optional

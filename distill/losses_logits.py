@@ -1,4 +1,4 @@
-"""Schedules and losses of the logits-only methods, as small pure functions (spec 3.20, 3.22).
+"""Schedules and losses of the logits-only methods, as small pure functions.
 
 Annealing-KD's loss is the generic soft MSE with a scaled teacher, `distill.losses.mse(s, t,
 teacher_weight=phi)`; what is specific to it is the schedule `annealing_phi`. Continuation-KD
@@ -42,7 +42,7 @@ def continuation_psi(iteration: int, total_iters: int, psi_sep: float, psi_denom
 
 def continuation_loss(soft: torch.Tensor, hard: torch.Tensor, *, psi: float, phi: float,
                       margin: float) -> torch.Tensor:
-    """Per-sample psi * hard + (1 - psi) * soft * [soft > margin * phi] (spec 3.22).
+    """Per-sample psi * hard + (1 - psi) * soft * [soft > margin * phi].
 
     soft: [B] per-sample soft losses; hard: [] or [B] hard losses -> [B] fp32. The hinge keeps
     the soft term only for samples whose soft loss exceeds margin * phi; the indicator is

@@ -1,4 +1,4 @@
-"""Pure functions of the multi-teacher combiners (spec 2.8): the student's normalised entropy
+"""Pure functions of the multi-teacher combiners: the student's normalised entropy
 and Uncertainty's teacher weights, RL-KD's policy term and its token-logit summary.
 
 Tensors in, tensors out; the only collectives are the vocabulary-parallel entropy's (over

@@ -1,5 +1,5 @@
 """Relation-based intermediate-layer losses of RAIL-KD, MGSKD, CKD, ALP-KD and Universal-KD
-(spec 3.9, 3.10, 3.15, 3.16, 3.18) as small pure functions.
+as small pure functions.
 
 Conventions. Hidden states are `[N, S, D]` rows (N = B in pretraining, the B*C choice-expanded
 rows in cloze fine-tuning), computed in fp32; `mask` [N, S] (bool or 0/1) marks non-pad tokens.

@@ -1,11 +1,11 @@
 """Pure losses and schedule rules of the scheduled methods: DIITO, SID, Theseus, LRC-BERT and
-MobileBERT (spec 3.11, 3.14, 3.17, 3.19, 3.21).
+MobileBERT.
 
-Losses compute in fp32; the methods reduce them like the original's `CustomLoss` (spec 2.6)
+Losses compute in fp32; the methods reduce them like the original's `CustomLoss`
 with the shared reductions of `losses.py` / `losses_hidden.py`. Attention maps are partitioned
 by heads across model-parallel ranks: per-head rows are computed locally here and averaged by
 `losses_hidden.head_parallel_mean`, so heads are never mixed (the original gathered along the
-key axis, which mixes heads at MP > 1; spec 11.4). No collectives in this file.
+key axis, which mixes heads at MP > 1). No collectives in this file.
 """
 import math
 from typing import List, Tuple
@@ -30,13 +30,13 @@ def attention_score_kl(student_scores: torch.Tensor, teacher_scores: torch.Tenso
 
 
 def cos_nce(student: torch.Tensor, teacher: torch.Tensor, positive_offset: int = 0) -> torch.Tensor:
-    """LRC-BERT's COS-NCE per student row (spec 3.19), with the positive term fixed.
+    """LRC-BERT's COS-NCE per student row, with the positive term fixed.
 
     student: [N, R, H] (R = layers x positions, projected to the teacher width), teacher:
     [M, R, H] with M >= N; student row i's positive is teacher row positive_offset + i, every
     other teacher row is a negative. C_ij = mean_r cos(s_ri, t_rj), g = 1 - C,
     l_i = 1 - (sum_j g_ij - g_ii) / (M - 1) / 2 + g_ii  -> [N] fp32.
-    The original subtracted M * g_ii instead of g_ii (spec 11.4). With M = 1 there are no
+    The original subtracted M * g_ii instead of g_ii. With M = 1 there are no
     negatives and the negative term is 0.
     """
     if student.shape[1:] != teacher.shape[1:]:
@@ -71,7 +71,7 @@ def theseus_keep_rate(iteration: int, total_iters: int, replacing_rate: float, n
 # --------------------------------------------------------------------------- DIITO interchange
 def alignment_points(how: str, student_layers: int, teacher_layers: int,
                      level: int = 1) -> Tuple[List[int], List[int]]:
-    """DIITO's aligned hidden representations (student indices, teacher indices), spec 3.11:
+    """DIITO's aligned hidden representations (student indices, teacher indices):
     `full`: student `level` (in [1, L_s], drawn per step) <-> teacher ((level-1)k, level k],
     k = L_t // L_s; `middle`: L_s // 2 + 1 <-> L_t // 2 + 1; `late`: L-1 and L on both sides."""
     if how == "full":

@@ -1,4 +1,4 @@
-"""GLMD, the authors' word-prediction distillation (spec 3.12), with or without vocabulary
+"""GLMD, the authors' word-prediction distillation, with or without vocabulary
 compression (the student's map lives in its GLMModel: `model.vocab_map`).
 
 The teacher's LM distribution at every token position (the `logits_parallel` tap, [B(*C), S,
@@ -6,7 +6,7 @@ V/p]: choice-expanded rows in cloze fine-tuning) is distilled with T^2 * KL or M
 intermediate layers, no hard labels (pre_loss is the generic one, active only with the
 --distill_*_soft/hard flags: stage ft2). The loss itself is `GLMStudent.logits_loss`
 (`losses_glmd.logits_distillation_loss` on the vocabulary-aligned logits), which the base
-class's --distill_logits_parallel term (spec 3.13) shares.
+class's --distill_logits_parallel term shares.
 """
 import math
 import warnings

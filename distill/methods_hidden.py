@@ -1,9 +1,9 @@
-"""Hidden-state and attention methods: TinyBERT, MiniLMv2, MiniLM, DistilBERT, PKD (spec 3.4-3.8).
+"""Hidden-state and attention methods: TinyBERT, MiniLMv2, MiniLM, DistilBERT, PKD.
 
 Every method declares its taps per step, computes its losses with `distill.losses_hidden` and
 returns `(loss, metrics)`. Taps are GLMModel names; in cloze fine-tuning they hold the
 choice-expanded rows [B*C, ...], and `keep_batch` results are folded back to [B].
-Hidden representation k is `hidden_tap(k, L)` (spec 2.4): LN'd layer inputs, then `output`.
+Hidden representation k is `hidden_tap(k, L)`: LN'd layer inputs, then `output`.
 """
 import random
 import warnings
@@ -62,7 +62,7 @@ def check_teachers(student: GLMStudent, config: GLMConfig, field: str, why: str)
 # --------------------------------------------------------------------------- TinyBERT
 @dataclass(frozen=True)
 class TinyBERTOptions:
-    """TinyBERT flags (spec 3.4). `tinybert_fit_parallel`/`tinybert_fit_compatible_mt` are
+    """TinyBERT flags. `tinybert_fit_parallel`/`tinybert_fit_compatible_mt` are
     always in effect here (one ColumnParallelLinear per teacher), so setting them changes nothing."""
     tinybert_inter_final: bool = option(False, "Match only the final hidden state.")
     tinybert_only_emb_final: bool = option(False, "Match only the embedding and final hidden states.")
@@ -204,7 +204,7 @@ class TinyBERT(GLMStudent):
 # --------------------------------------------------------------------------- MiniLMv2
 @dataclass(frozen=True)
 class MiniLMv2Options:
-    """MiniLMv2 flags (spec 3.5). `minilmv2_teacher_layer` is 1-based (negative: from the end);
+    """MiniLMv2 flags. `minilmv2_teacher_layer` is 1-based (negative: from the end);
     `minilmv2_relation_heads_mt` ("48,64") gives one relation-head count per teacher."""
     minilmv2_relation_heads: int = option(48, "Number of relation heads (48 for base, 64 for large).")
     minilmv2_teacher_layer: int = option(12, "Teacher layer, 1-based; negative counts from the end.")
@@ -338,7 +338,7 @@ class MiniLM(GLMStudent):
 # --------------------------------------------------------------------------- DistilBERT
 @dataclass(frozen=True)
 class DistilBERTOptions:
-    """DistilBERT flags (spec 3.7): the loss weights, the fixed-LayerNorm variant, and which
+    """DistilBERT flags: the loss weights, the fixed-LayerNorm variant, and which
     tokens the cosine / the soft KL cover (the Part-B mask by default, non-pad tokens with
     the *_mask_padding switches)."""
     distilbert_alpha_ce: float = option(1.0, "Weight of the soft-logit KL.")
@@ -363,7 +363,7 @@ class DistilBERT(GLMStudent):
 
     Masks: the Part-B loss mask; the non-pad mask (`DistillBatch.non_pad_mask`, position
     ids > 0) with the *_mask_padding switches. The original wrote that mask as `labels > 0`
-    (spec 3.7 calls it the non-pad mask); here the targets are 0 outside Part B, so
+    (meaning the non-pad mask); here the targets are 0 outside Part B, so
     `labels > 0` would only repeat the loss mask.
 
     Fixed (numbers change, gradients do not): each masked row added a constant 1 to the
@@ -428,7 +428,7 @@ class DistilBERT(GLMStudent):
 # --------------------------------------------------------------------------- PKD
 @dataclass(frozen=True)
 class PKDOptions:
-    """PKD flags (spec 3.8): pre_loss = (1 - pkd_alpha) hard + pkd_alpha soft, plus
+    """PKD flags: pre_loss = (1 - pkd_alpha) hard + pkd_alpha soft, plus
     pkd_beta * the patient loss on stride-mapped hidden states."""
     pkd_normalized_patience: bool = option(False, "L2-normalise the matched hidden states.")
     pkd_alpha: float = option(0.5, "Weight of the soft term; the hard term gets 1 - alpha.")

@@ -1,6 +1,6 @@
 """Logits-only methods (Annealing-KD, Continuation-KD) and MixBaseline, the mixture of methods.
 
-Annealing-KD and Continuation-KD change only the prediction-layer loss (spec 4.1), whose
+Annealing-KD and Continuation-KD change only the prediction-layer loss, whose
 teacher weight and hard-loss weight follow the training progress. `pre_loss` receives no
 StepInfo, so both record the step the trainer passes to `student_taps` (called once per
 forward pass, before the losses of that pass); before any call they behave as at step 0.
@@ -48,7 +48,7 @@ class AnnealingKD(GLMStudent):
     variants ignore phi (as in the original), hence a warning without an MSE soft term.
 
     Differences from the original: the fine-tuning MSE applies the loss mask (the base's fix
-    of the `maks=` typo, spec 11.4; changes numbers only for token-level fine-tuning tasks,
+    of the `maks=` typo; changes numbers only for token-level fine-tuning tasks,
     not for cloze task logits, which have no mask); phi is exact at segment boundaries
     (see `annealing_phi`; changes phi by one segment at a few iterations).
     """
@@ -108,7 +108,7 @@ class ContinuationKD(GLMStudent):
     Annealing-KD and psi from `continuation_psi` (`continuation_loss`). A disabled term is 0.
     No taps, no inter loss. With keep_batch the [B] vector before the mean.
 
-    Differences from the original: the fine-tuning MSE applies the loss mask (spec 11.4; only
+    Differences from the original: the fine-tuning MSE applies the loss mask (only
     token-level fine-tuning tasks change); phi is exact at segment boundaries; psi is capped
     at 1 (it only exceeds 1 when psi_denominator < psi_sep, a configuration the original
     would turn into a negative soft weight).

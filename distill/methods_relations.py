@@ -1,10 +1,10 @@
-"""Relation- and layer-attention methods: RAIL-KD, MGSKD, CKD, ALP-KD, Universal-KD (spec 3.9,
-3.10, 3.15, 3.16, 3.18). Each class declares its taps and combines the pure losses of
-`distill.losses_relations`; hidden states are replicated across model-parallel ranks, so the
-losses are identical on every rank and need no collective (the projection layers are
-`mpu.ColumnParallelLinear` with gathered outputs, sharded and checkpointed like the model).
+"""Relation- and layer-attention methods: RAIL-KD, MGSKD, CKD, ALP-KD, Universal-KD. Each class
+declares its taps and combines the pure losses of `distill.losses_relations`; hidden states are
+replicated across model-parallel ranks, so the losses are identical on every rank and need no
+collective (the projection layers are `mpu.ColumnParallelLinear` with gathered outputs, sharded
+and checkpointed like the model).
 
-Shared conventions. Hidden representation k is `hidden_tap(k, L)` (spec 2.4). Rows are the
+Shared conventions. Hidden representation k is `hidden_tap(k, L)`. Rows are the
 model's rows: [B, S] in pretraining, the B*C choice-expanded rows in cloze fine-tuning; the
 non-pad mask comes from the student's `position_ids` tap (position > 0, column 0 kept).
 `keep_batch` folds the rows back to the batch ([B*C] -> [B]).
@@ -332,7 +332,7 @@ class CKD(GLMStudent):
     w_ltrangle*LTR-angle (see `losses_relations`), each a batch-wide sum over the non-pad
     tokens divided by the original's count. Widths may differ (relations only).
 
-    Fixed (spec 11.4): a row with no kept pair (a fully padded row has only its column 0)
+    Fixed: a row with no kept pair (a fully padded row has only its column 0)
     gave NaN on modern torch through a softmax over all -inf; excluded entries are now masked
     explicitly and such rows add 0, which is what torch 1.9 computed, so the numbers are
     unchanged. The angle terms are computed from Gram matrices (memory ~S*w^2 instead of

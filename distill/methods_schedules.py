@@ -1,9 +1,9 @@
 """Methods driven by a schedule or by extra forward passes: DIITO, SID, Theseus, LRC-BERT and
-MobileBERT (spec 3.11, 3.14, 3.17, 3.19, 3.21). The math is in `losses_schedules.py`.
+MobileBERT. The math is in `losses_schedules.py`.
 
 Schedule state (unlocked layer, random generators, interchange masks) is returned by
 `method_state()` and restored by `load_method_state()`, so a resumed run continues exactly
-(the original checkpointed none of it; spec 11.2). Every random draw comes from a generator
+(the original checkpointed none of it). Every random draw comes from a generator
 the method owns, seeded identically on every rank, so model-parallel ranks agree.
 """
 import warnings
@@ -38,7 +38,7 @@ def _find(module: nn.Module, kind: type) -> nn.Module:
 
 def _row_mask(batch: DistillBatch, num_rows: int, seq: int, device) -> Tensor:
     """Non-pad mask [N, S] of the model's rows (choice-expanded in cloze fine-tuning):
-    position > 0, column 0 always kept (spec 2.4). All True without position ids."""
+    position > 0, column 0 always kept. All True without position ids."""
     if batch.position_ids is None:
         return torch.ones(num_rows, seq, dtype=torch.bool, device=device)
     positions = batch.position_ids
@@ -137,7 +137,7 @@ class DIITOOptions:
 
 @register_student
 class DIITO(GLMStudent):
-    """DIITO (Wu et al. 2022, "Causal Distillation for Language Models"), spec 3.11.
+    """DIITO (Wu et al. 2022, "Causal Distillation for Language Models").
 
     Pass 0 (`repeat_index` 0): hidden states at the alignment points are tapped on both sides,
     the interchange masks are drawn from the non-pad rows (every row's dual is the next row),
@@ -149,7 +149,7 @@ class DIITO(GLMStudent):
     representation l in [1, L_s] <-> teacher representations ((l-1)k, lk], k = L_t // L_s.
 
     `masked` interchange: the first min(count_i, count_dual) predicted (loss-mask) positions
-    of each (the spec leaves the unequal counts open). Fixed (spec 11.4, the same construction
+    of each (the original does not handle unequal counts). Fixed (the same construction
     as DistilBERT's cosine): padded rows add 0 to the cosine mean instead of 1 (the value drops
     by the padded fraction; gradients unchanged).
     """
@@ -266,7 +266,7 @@ class SIDOptions:
 
 @register_student
 class SID(GLMStudent):
-    """SID (Aguilar et al. 2020, "Knowledge Distillation from Internal Representations"), spec 3.14.
+    """SID (Aguilar et al. 2020, "Knowledge Distillation from Internal Representations").
 
     Layers unlock progressively (n = `next_locked_layer`, from 1): while n <= L_s the loss is
     sum_l KL(attention scores of student layers l < n vs. the uniform-mapped teacher layers)
@@ -274,8 +274,8 @@ class SID(GLMStudent):
     the pre-loss is 0 until n > L_s, then the generic one alone applies. n += 1 when the cosine
     loss < `sid_accumulate_t` or, with `sid_lim_e=avg`, once iteration >= T / (L_s + 1) * n
     (evaluated after each training step's loss; any other `sid_lim_e` disables the latter).
-    Needs equal hidden sizes and head counts. Fixed: n is checkpointed (spec 11.2), attention KL
-    per head at MP > 1 (spec 11.4).
+    Needs equal hidden sizes and head counts. Fixed: n is checkpointed, attention KL
+    per head at MP > 1.
     """
     name = "sid"
     options_class = SIDOptions
@@ -365,7 +365,7 @@ class _FrozenLayer:
 @register_student
 class Theseus(GLMStudent):
     """BERT-of-Theseus (Xu et al. 2020, "BERT-of-Theseus: Compressing BERT by Progressive Module
-    Replacing"), spec 3.17.
+    Replacing").
 
     Each training forward keeps student layer i with probability r = r0 + it / (T k) (1 - r0)
     (capped at 1), else runs teacher block i (the uniform map's i-th segment of a uniformly
@@ -453,7 +453,7 @@ class LRCBertOptions:
 @register_student
 class LRCBert(GLMStudent):
     """LRC-BERT (Fu et al. 2021, "LRC-BERT: Latent-representation Contrastive Knowledge
-    Distillation for Natural Language Understanding"), spec 3.19.
+    Distillation for Natural Language Understanding").
 
     Student representations 1..L_s, projected by `s_fit_dense[t]` (H_s -> H_t, no bias), and the
     teacher's uniform-mapped ones are concatenated over layers x positions; the loss is
@@ -463,7 +463,7 @@ class LRCBert(GLMStudent):
     perturbation (`lrc_bert_gard_perturb`, with `--forward_repeat_num=1
     --ignore_first_backward_gard`): pass 0 hooks the gradient g of the `embeddings` tap; pass 1
     adds normalize(g, dim=-1) to the embeddings unless g holds inf/NaN.
-    Fixed (spec 11.4): the negatives' sum leaves out g_ii once, not B times, so the positive
+    Fixed: the negatives' sum leaves out g_ii once, not B times, so the positive
     distance g_ii weighs 1 instead of 1.5: each row's value drops by g_ii / 2 (and its gradient).
     """
     name = "lrc_bert"
@@ -543,7 +543,7 @@ class MobileBERTOptions:
 @register_student
 class MobileBERT(GLMStudent):
     """MobileBERT (Sun et al. 2020, "MobileBERT: a Compact Task-Agnostic BERT for
-    Resource-Limited Devices"): progressive knowledge transfer, spec 3.21.
+    Resource-Limited Devices"): progressive knowledge transfer.
 
     With n = `next_locked_layer` (from 1), the loss is kd_w * (sum_l w_l KL(attention scores of
     student layer l < n vs. teacher layer map[l+1]-1) + sum_k w_k MSE(representation k <= n vs.
@@ -553,7 +553,7 @@ class MobileBERT(GLMStudent):
     pre-loss (the recipe: MLM hard loss) is added, before that it is 0. n += 1 once iteration
     >= T / (L_s + 1) * n, with T = train_iters (the original preferred lr_decay_iters, which the
     trainer does not pass in). Needs equal hidden sizes and head counts (IB widths may differ).
-    Fixed: n is checkpointed (spec 11.2); attention KL per head at MP > 1 (spec 11.4).
+    Fixed: n is checkpointed; attention KL per head at MP > 1.
     """
     name = "mobilebert"
     options_class = MobileBERTOptions

@@ -1,4 +1,4 @@
-"""Combiners of per-teacher losses (spec 2.8) and their registry.
+"""Combiners of per-teacher losses and their registry.
 
 A combiner's `compute` calls `student.pre_loss` and `student.inter_loss` once per teacher and
 merges the results. The registry maps `--multi_teacher_model` names to classes; every class

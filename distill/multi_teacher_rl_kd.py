@@ -1,4 +1,4 @@
-"""RL-KD's combiner (spec 2.8, 3.27): a teacher-selection agent trained by REINFORCE."""
+"""RL-KD's combiner: a teacher-selection agent trained by REINFORCE."""
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple

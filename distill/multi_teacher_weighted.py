@@ -1,4 +1,4 @@
-"""Combiners that weight each teacher per sample (spec 2.8, 3.25, 3.26): MT-BERT (by the
+"""Combiners that weight each teacher per sample: MT-BERT (by the
 teacher's own hard loss, after projecting hidden states between widths) and Uncertainty (by
 the student's normalised entropy)."""
 import dataclasses
@@ -172,7 +172,7 @@ class Uncertainty(Combiner):
     term dropped with --uncertainty_wo_hard). The weights are not detached: as in the
     original, the gradient also reaches the student through h (hard routing has none).
 
-    Soft weights sum to N per sample (spec 2.8; an earlier revision of the original divided
+    Soft weights sum to N per sample (as the original; an earlier revision of it divided
     them by their sum, i.e. summed to 1). Fixed: masked tokens add 0 to the entropy (the
     original's zeroed logits added the maximal entropy 1 each) and the normaliser is log V of
     the whole vocabulary at any MP size (the original used the local shard's width).

@@ -1,4 +1,4 @@
-"""Random-data disturbance for robust distillation (spec 3.30): on chosen forward-repeat
+"""Random-data disturbance for robust distillation: on chosen forward-repeat
 passes the token ids of a batch are shuffled or resampled; labels, masks and positions stay.
 
 `replace` trains on the disturbed tokens; `dual` appends them to the batch (every other

@@ -4,7 +4,7 @@ soft CE on the task logits. "GLMD+al": the same with vocabulary compression and 
 embeddings (pt: logits over the kept rows only; ft1 here in the default mode, logits over every
 id, KL over the kept ones; the fine-tuning stages build their map because the tests start them
 from a fresh student rather than the pt checkpoint). And the base-class logits term of the
-"old LogitsDistil" recipe (spec 3.13)."""
+"old LogitsDistil" recipe."""
 from method_recipes import Recipe
 
 VOCAB_COMPRESSION = ("--map_vocab_size=0.5", "--distill_logit_mask_map", "--student_build_map_vocab",

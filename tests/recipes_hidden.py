@@ -26,7 +26,7 @@ RECIPES = {
                       "--distilbert_alpha_mlm=2", "--distilbert_alpha_cos=1", "--distilbert_cos_mask_padding")),
     ],
     "pkd": [
-        # 002_*.txt and spec 3.8 (000_*.txt omits --pkd_only_cls). The student is truncated from
+        # 002_*.txt (000_*.txt omits --pkd_only_cls). The student is truncated from
         # the teacher (--student_truncate_tn=0) and matches its hidden states: same width and heads.
         Recipe(stage="finetune", student=(2, 48, 4),
                flags=("--student_model=pkd", "--distill_ft_soft", "--distill_ft_soft_kl", "--distill_ft_hard",

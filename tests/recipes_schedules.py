@@ -44,7 +44,7 @@ RECIPES = {
                       "--forward_repeat_num=1", "--lrc_bert_gather_dp", "--fix_variable_num_choices")),
     ],
     "mobilebert": [
-        # Stage 2 (a pretraining stage: 002_*.txt and spec 3.21; 000_*.txt labels it
+        # Stage 2 (a pretraining stage: 002_*.txt; 000_*.txt labels it
         # Prefix-finetune, but --distill_pt_hard only acts in pretraining). Scaled down with the
         # recipe's proportions: hidden 512 -> 32 (both), student IB 128 -> 16 with 4 FFNs,
         # teacher IB 1024 -> 64 with 1 FFN, trigram embedding 128 -> 8; 4 heads on both sides.

@@ -20,7 +20,7 @@ from model import GLMModel
     (12, 18, [0, 2, 4, 6, 8, 10, 12, 13, 14, 15, 16, 17, 18]),
     (36, 48, list(range(0, 25, 2)) + list(range(25, 49))), (1, 12, [0, 12]), (3, 3, [0, 1, 2, 3])])
 def test_uniform_mapping_matches_the_spec_examples(student, teacher, expected):
-    assert uniform_layers(student, teacher) == expected   # spec 3.1's examples
+    assert uniform_layers(student, teacher) == expected   # the original's mapping at these sizes
 
 
 def test_stride_random_and_taps():

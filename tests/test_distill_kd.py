@@ -110,7 +110,7 @@ def test_pretraining_hard_rates_and_combination():
     close(loss, soft + 2.0 * hard, "soft + hard")
     close(metrics["kd/soft"], soft.detach(), "kd/soft metric")
     close(metrics["kd/hard"], 2.0 * hard, "kd/hard metric")
-    # A zero rate disables its term (spec 4.1: computed only if the rate is nonzero).
+    # A zero rate disables its term (the original computes it only if the rate is nonzero).
     loss, metrics = run(dict(both, distill_soft_rate=0.0), s, t, hard, batch)
     assert set(metrics) == {"kd/hard"}
     close(loss, 2.0 * hard, "zero soft rate")
@@ -134,14 +134,14 @@ def test_finetuning_cloze_variants(keep_batch):
     loss, metrics = run(dict(distill_ft_hard=True, distill_hard_rate=0.25), s, t, hard, batch, keep_batch)
     close(loss, 0.25 * hard, "ft hard")
     assert loss.shape == ((B,) if keep_batch else ())
-    # No loss_mask in cloze fine-tuning, so the mask flags change nothing (spec 11.4).
+    # No loss_mask in cloze fine-tuning, so the mask flags change nothing.
     for flag in ("distill_wo_loss_mask", "distill_only_mask_pad"):
         masked, _ = run({"distill_ft_soft": True, "distill_temperature": T, flag: True}, s, t, hard, batch, keep_batch)
         close(masked, reduce(ref_ce(s, t, T)), flag)
 
 
 def test_finetuning_token_soft_mse_applies_the_mask():
-    """The original ignored the mask here (a `maks=` typo, spec 11.4); it is applied on purpose."""
+    """The original ignored the mask here (a `maks=` typo); it is applied on purpose."""
     s, t, hard, batch = token_batch(stage="finetune")
     options = dict(distill_ft_soft=True, distill_ft_soft_mse=True)
     loss, _ = run(options, s, t, hard, batch, mse_t_w=0.5)

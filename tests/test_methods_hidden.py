@@ -1,7 +1,7 @@
 """TinyBERT, MiniLMv2, MiniLM, DistilBERT and PKD (distill/methods_hidden.py).
 
 Per method, on a tiny fixed teacher (4 layers, 52 wide) and student (2 layers, 28 or 52
-wide): the loss against a plain-torch reference written here from the spec's formulas on
+wide): the loss against a plain-torch reference written here from the methods' formulas on
 full (MP=1) taps, the same loss and gradients at MP=2 (one gloo spawn for all cases), a
 short run that lowers the loss, fully padded rows, options and schedule. Every pure loss
 also gets a literal value on a tiny tensor.
@@ -148,7 +148,7 @@ def ref_heads(x, num_heads):
 
 
 def reference(case, student, s, t, batch, hard):
-    """The case's loss from the spec's formulas; s, t: the taps by name (full MP=1 tensors)."""
+    """The case's loss from the method's formulas; s, t: the taps by name (full MP=1 tensors)."""
     if case.startswith("tinybert"):
         fit = lambda x: F.linear(x, student.fit_dense_0.weight, student.fit_dense_0.bias)
         # uniform mapping (2, 4) = [0, 2, 4]; random layers: period 5 // 2 = 2 of teacher 0

@@ -1,5 +1,5 @@
 """RAIL-KD, MGSKD, CKD, ALP-KD and Universal-KD (distill/methods_relations.py): each loss against
-a plain-torch reference written here from the spec's formulas on the full tapped tensors, a
+a plain-torch reference written here from the methods' formulas on the full tapped tensors, a
 literal value per pure loss on a tiny tensor, MP=2 (gloo) against MP=1, fully padded rows,
 keep_batch on choice-expanded rows, short pretraining runs, and the RAIL-KD / MGSKD schedule
 state (resume reproduces the uninterrupted run)."""
@@ -250,7 +250,7 @@ def test_loss_matches_the_plain_torch_reference(key):
 
 
 def test_ckd_fully_padded_row_matches_torch_1_9_semantics():
-    """Spec 11.4: torch 1.9 dropped the NaN rows through kl_div's target > 0; the explicit
+    """The original's torch 1.9 dropped the NaN rows through kl_div's target > 0; the explicit
     masking gives that value, finitely, with finite gradients."""
     student, teacher = build("ckd")
     batch = padded_batch(fully_padded_row=True)
@@ -377,7 +377,7 @@ def test_a_short_pretraining_run_decreases_the_loss(key):
 
 @pytest.mark.parametrize("key", ["rail_kd", "ckd", "universal_kd"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(key):
-    """The taps leave the checkpointed layer chunks with their graphs (spec 2.3)."""
+    """The taps leave the checkpointed layer chunks with their graphs."""
     results = []
     for checkpointing in (False, True):
         student, teacher = build(key, student_config={"checkpoint_activations": checkpointing})

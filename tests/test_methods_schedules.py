@@ -1,7 +1,7 @@
 """DIITO, SID, Theseus, LRC-BERT and MobileBERT (distill/methods_schedules.py).
 
 On a tiny fixed teacher (4 layers) and student (2 layers), through the real Trainer's
-`forward_pass`: each loss against a plain-torch reference written here from the spec's
+`forward_pass`: each loss against a plain-torch reference written here from the methods'
 formulas on full (MP=1) tensors; the same losses at MP=2 and LRC-BERT's data-parallel gather
 at DP=2 (one gloo spawn); the schedules, their method state and an exact resume; fully padded
 rows; choice-expanded fine-tuning rows; short runs. Every pure function gets literal values.

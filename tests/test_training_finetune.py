@@ -51,7 +51,7 @@ def test_weights_load_from_a_checkpoint_of_another_model_parallel_size(tmp_path)
 
 @pytest.mark.slow
 def test_the_deepspeed_configs_micro_batch_sizes_the_data(tmp_path):
-    """The JSON's train_micro_batch_size_per_gpu (4) wins over --batch-size=8 (spec 4.7), in the
+    """The JSON's train_micro_batch_size_per_gpu (4) wins over --batch-size=8, in the
     data too: 64 training examples make 16 steps per epoch, not 8."""
     vocab, data = write_vocab(tmp_path), write_rte(tmp_path)
     flags = finetune_flags(vocab, data, tmp_path / "ft", "--epochs=1", "--experiment-name=rte", "--custom_first_eval",

@@ -1,6 +1,6 @@
 """The flag table against the original's real command lines: the README recipes of the seed
 documents and the 314 `*cmd` lines recorded in ../shared/data/glmkd/ft_logs (both skipped
-when ../shared is absent), plus its own consistency and spot checks of spec defaults."""
+when ../shared is absent), plus its own consistency and spot checks of the original's defaults."""
 import json
 import re
 import shlex
@@ -13,7 +13,7 @@ from training.flags import (GENERIC_GROUPS, all_flags, build_parser, combiner_gr
 SEED_FILES = ("000_4d6fa89e447557cf.txt", "002_11b19339c97663d7.txt")
 SCRIPT = re.compile(r"(?:^|\s)distill/(?:pretrain|finetune)\.py(?=\s|$)")
 FLAG_TOKEN = re.compile(r"--[A-Za-z][\w-]*(?:=\S*)?")
-# README placeholders that stand for a number; 1/N is 0.5 with the logs' two teachers (spec 3.24).
+# README placeholders that stand for a number; 1/N is 0.5 with the logs' two teachers.
 PLACEHOLDER_VALUES = {"1/teacher_num": "0.5"}
 LAUNCHER_FLAGS = ("--master_port", "--include", "--hostfile", "--num_gpus", "--num_nodes", "--master_addr")
 FLAGS = all_flags()
@@ -206,7 +206,7 @@ def test_argparse_groups_and_no_abbreviation(parser):
         parser.parse_args(["--distill_temp=2"])   # allow_abbrev=False, as the original
 
 
-# ---- 4. spot checks against the spec -----------------------------------------------------------
+# ---- 4. spot checks against the original's defaults --------------------------------------------
 
 @pytest.mark.parametrize("name,type_,default", [
     ("--distill_temperature", float, 1.0), ("--num-layers", int, 24), ("--hidden-size", int, 1024),

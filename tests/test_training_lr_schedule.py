@@ -1,4 +1,4 @@
-"""AnnealingLR (GKD spec 5.6) against hand-computed values and a transcription of the original."""
+"""AnnealingLR against hand-computed values and a transcription of the original."""
 import io
 import math
 
@@ -70,7 +70,7 @@ def test_no_warmup_starts_at_start_lr():
 
 
 class _OriginalAnnealingLR:
-    """The original's arithmetic, transcribed from GLM's learning_rates.py (spec 5.6): the
+    """The original's arithmetic, transcribed from GLM's learning_rates.py: the
     caller passes num_iters - warmup_iter as the decay length and the ratio is stored inverted."""
 
     def __init__(self, start_lr, warmup_iter, decay_iters, decay_style, decay_ratio):
@@ -107,7 +107,8 @@ def test_matches_the_original_bit_for_bit(style, decay_ratio, warmup):
 
 
 def test_pretraining_recipe_end_values():
-    """Spec 5.6: cosine, lr_decay_iters 120000 of train_iters 150000, ratio 0.05, warmup 0.05."""
+    """The original's pretraining recipe: cosine, lr_decay_iters 120000 of train_iters 150000,
+    ratio 0.05, warmup 0.05."""
     scheduler = build_lr_scheduler(_optimizer(), 4e-4, 150000, 120000, 0.05, "cosine", 0.05)
     assert scheduler.warmup_iter == pytest.approx(6000, rel=REL)
     assert scheduler.end_iter == pytest.approx(114000, rel=REL)

@@ -4,7 +4,7 @@ Every flag of the original parses with its meaning (training/flags.py). On top o
 an unknown flag is an error suggesting the closest valid ones; a method that is not built
 (yet) is an error listing the ones that are; an option of one method given with another
 method is an error; the `--mt_*` colon lists are expanded into one TeacherConfig per
-teacher (spec 2.7); and a flag that is given but has no effect in this implementation
+teacher; and a flag that is given but has no effect in this implementation
 gets a one-time warning.
 """
 import difflib
@@ -108,7 +108,7 @@ def _split_list(flag: str, text: str, cast) -> List[Any]:
 
 
 def build_teachers(values: Dict[str, Any], used: Set[str]) -> tuple:
-    """One TeacherConfig per teacher: the `--mt_*` lists, filled from `--teacher_*` (spec 2.7)."""
+    """One TeacherConfig per teacher: the `--mt_*` lists, filled from `--teacher_*`."""
     lists = {}
     for name, cast in _MT_FIELDS.items():
         used.update({f"mt_{name}", f"teacher_{name}"})
@@ -307,7 +307,7 @@ def _validate(config: RunConfig) -> None:
 
 
 def _validate_vocab_map(config: RunConfig) -> None:
-    """GLMD vocabulary compression (spec 3.12): sizes and the flags that need it."""
+    """GLMD vocabulary compression: sizes and the flags that need it."""
     sizes = [("--map_vocab_size", config.arch.map_vocab_size)] + [
         (f"the map_vocab_size of teacher {i}", t.arch.map_vocab_size) for i, t in enumerate(config.teachers)]
     for what, size in sizes:

@@ -144,7 +144,8 @@ def _shape_hint(key: str, saved: torch.Size, built: torch.Size) -> str:
 
 
 def _extends_positions(key: str, source: torch.Tensor, target: torch.Tensor) -> bool:
-    """A position table of a model with longer sequences keeps the saved rows (spec 2.7)."""
+    """A position table of a model with longer sequences keeps the saved rows (e.g. a
+    teacher raised to the student's max positions)."""
     return (key.endswith("position_embeddings.weight") and source.dim() == 2 and source.size(1) == target.size(1)
             and source.size(0) < target.size(0))
 

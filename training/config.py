@@ -198,7 +198,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class VocabMapConfig:
-    """Building the student's vocabulary map (spec 3.12; its size is ArchConfig.map_vocab_size).
+    """Building the student's GLMD vocabulary map (its size is ArchConfig.map_vocab_size).
 
     build: build it (only when neither --load-pretrained nor --load gives one); teacher_no: the
     teacher whose word embeddings pick each dropped token's replacement (None: [UNK]); method:

@@ -3,7 +3,7 @@
 `build_deepspeed_config` takes what the command line says (`DeepSpeedSettings`) and an
 optional DeepSpeed JSON (`config/*.json`) and returns the dict that is handed to
 `deepspeed.initialize(config=...)`, plus human-readable notes about every command-line value
-the JSON overrode. The semantics are the original's (GKD spec 4.7): the JSON's micro batch,
+the JSON overrode. The semantics are the original's: the JSON's micro batch,
 gradient accumulation, optimizer hyper-parameters, clipping, precision and ZeRO settings win
 over `--batch-size`, `--lr`, ...; with `--args_to_ds_config` the command line's batch size,
 gradient accumulation, ZeRO stage, offload and precision are written into the config instead.

@@ -1,12 +1,12 @@
 """Every command-line flag of the original GKD/GLMD, as data.
 
 One `Flag` per flag, with the original spelling (typos included), type, default and a
-one-sentence meaning taken from the spec (gkd-spec.md sections 3.x, 4.2-4.6). Flags are
-grouped: the generic groups (GLM's inherited argparse groups plus GKD's "custom",
-"distill", "teacher" and "multi-teacher"), then one group per distillation method named by
-its `--student_model` value and one per combiner named by its `--multi_teacher_model` value,
-so `--help` lists each method's options and the config layer can reject an option of one
-method given with another. `build_parser` turns the table into an argparse parser.
+one-sentence meaning. Flags are grouped: the generic groups (GLM's inherited argparse groups
+plus GKD's "custom", "distill", "teacher" and "multi-teacher"), then one group per
+distillation method named by its `--student_model` value and one per combiner named by its
+`--multi_teacher_model` value, so `--help` lists each method's options and the config layer
+can reject an option of one method given with another. `build_parser` turns the table into
+an argparse parser.
 """
 import argparse
 import builtins
@@ -48,7 +48,7 @@ TOKENIZER_TYPES = ("CharacterLevelTokenizer", "SentencePieceTokenizer", "BertWor
                    "GPT2BPETokenizer", "ChineseSPTokenizer")
 
 GENERIC_FLAGS: Tuple[Flag, ...] = (
-    # ---- model (GLM architecture, spec 4.6) -------------------------------------------------
+    # ---- model (GLM architecture) -------------------------------------------------------------
     *_group(
         "model",
         _value("--num-layers", int, 24, "Number of transformer layers of the student."),
@@ -184,7 +184,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _value("--multi-seq-length", int, None, "Sequence length of the multi-task batches."),
         _value("--multi-batch-size", int, None, "Batch size of the multi-task batches."),
     ),
-    # ---- block-lm (blank-infilling objective, spec 9.3) ---------------------------------------
+    # ---- block-lm (blank-infilling objective) -------------------------------------------------
     *_group(
         "block-lm",
         _switch("--block-lm", "Use the GLM blank-infilling (block-LM) objective."),
@@ -205,7 +205,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _value("--context-mask-ratio", float, 0.0, "Fraction of Part A tokens masked."),
         _switch("--random-position", "Start positions at a random offset to cover all position embeddings."),
     ),
-    # ---- finetune (downstream tasks, spec 8) --------------------------------------------------
+    # ---- finetune (downstream tasks) ----------------------------------------------------------
     *_group(
         "finetune",
         _value("--task", str, None, "Task name, e.g. ReCoRD or RTE."),
@@ -259,7 +259,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _value("--DDP-impl", str, "torch",
                "DistributedDataParallel implementation.", choices=("local", "torch", "none")),
     ),
-    # ---- custom (GKD's training-loop and architecture additions, spec 4.5) --------------------
+    # ---- custom (GKD's training-loop and architecture additions) ------------------------------
     *_group(
         "custom",
         _value("--forward_repeat_num", int, 0,
@@ -293,7 +293,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _value("--compress_word_emb", int, 0, "ALBERT factorised word-embedding width; 0 disables it."),
         _switch("--cross_layer_parameter_sharing", "ALBERT cross-layer parameter sharing."),
     ),
-    # ---- distill (generic distillation flags, spec 4.2) ---------------------------------------
+    # ---- distill (generic distillation flags) -------------------------------------------------
     *_group(
         "distill",
         _value("--student_model", str, None, "Distillation method; None means plain training without teachers."),
@@ -319,7 +319,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _value("--distill_random_data_method", str, "shuffle",
                "How tokens are disturbed.", choices=("shuffle", "sample")),
     ),
-    # ---- teacher (single teacher architecture, spec 4.3) --------------------------------------
+    # ---- teacher (single teacher architecture) ------------------------------------------------
     *_group(
         "teacher",
         _value("--teacher_num_attention_heads", int, 16, "Attention heads of the teacher."),
@@ -339,7 +339,7 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _switch("--teacher_cross_layer_parameter_sharing", "The teacher shares parameters across layers."),
         _switch("--teacher_random_para", "Use random teacher weights (for testing; a path must still be given)."),
     ),
-    # ---- multi-teacher (teacher lists and generic combination flags, spec 2.7, 4.4) -----------
+    # ---- multi-teacher (teacher lists and generic combination flags) --------------------------
     *_group(
         "multi-teacher",
         _value("--mt_num_attention_heads", str, "", "Colon list of attention heads, one per teacher."),

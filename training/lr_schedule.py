@@ -1,4 +1,4 @@
-"""GLM's learning-rate schedule, `AnnealingLR` (GKD spec 5.6), reproduced exactly.
+"""GLM's learning-rate schedule, `AnnealingLR`, reproduced exactly.
 
 Linear warmup from 0 to `start_lr` over `warmup_iter` steps, then over `end_iter = num_iters -
 warmup_iter` steps (with `r = decay_ratio`):

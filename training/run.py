@@ -1,9 +1,10 @@
 """Build a run from its RunConfig and train: the body of pretrain.py and finetune.py.
 
-Order (spec 5.1/5.2): distributed groups and seeds; tokenizer and data; teachers; the student
-(and its head); weights (--load-pretrained, --student_truncate_tn); the engine (DeepSpeed or
-torch) with the optimizer and LR schedule; --load resumes exactly; train; at the end of
-fine-tuning the tracker points at the best weights and the best scores are written.
+Order (as the original's pretrain/finetune entry points): distributed groups and seeds;
+tokenizer and data; teachers; the student (and its head); weights (--load-pretrained,
+--student_truncate_tn); the engine (DeepSpeed or torch) with the optimizer and LR schedule;
+--load resumes exactly; train; at the end of fine-tuning the tracker points at the best weights
+and the best scores are written.
 """
 import json
 from dataclasses import replace
@@ -144,7 +145,7 @@ def build_teachers(cfg: RunConfig, stage, vocab_size: int, env, num_tokens: Opti
 
 def resolve_training_values(cfg: RunConfig) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The DeepSpeed config of the run (the JSON's values win over the command line unless
-    --args_to_ds_config, spec 4.7) and the values the run really uses: (ds_config, values).
+    --args_to_ds_config) and the values the run really uses: (ds_config, values).
     Resolved before the data, whose micro-batch size it sets."""
     settings = DeepSpeedSettings(
         batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,

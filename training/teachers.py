@@ -40,7 +40,7 @@ def build_teacher(config: TeacherConfig, head: Callable[[GLMModel], torch.nn.Mod
                   num_tokens: Optional[int] = None) -> Teacher:
     """`num_tokens` (the tokenizer's size) resolves a fractional teacher map_vocab_size."""
     arch = config.arch
-    if arch.max_position_embeddings < student_max_positions:   # spec 2.7: raised to the student's
+    if arch.max_position_embeddings < student_max_positions:   # the original raises it to the student's
         arch = ArchConfig(**{**arch.__dict__, "max_position_embeddings": student_max_positions})
     glm = GLMModel(arch.glm_config(vocab_size, model, dropout=False, num_tokens=num_tokens))
     module = head(glm)
@@ -100,7 +100,7 @@ def _copy_leading_block(block: torch.Tensor, source: torch.Tensor, fused: Option
 @torch.no_grad()
 def truncate_teacher_as_student(student: torch.nn.Module, teacher: torch.nn.Module,
                                 embedding_rows: Optional[torch.Tensor] = None) -> int:
-    """--student_truncate_tn (spec 3.32): copy every teacher tensor whose key the student has;
+    """--student_truncate_tn: copy every teacher tensor whose key the student has;
     equal shapes whole, different shapes their leading block along every dimension (computed
     on the full, unsharded tensors, so the result does not depend on the MP size). A fused
     tensor (partition stride s > 1: the [Q; K; V] weight and bias) takes the leading block part

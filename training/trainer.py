@@ -2,7 +2,7 @@
 losses, forward repeats, evaluation, best-checkpoint selection, checkpoints and exact resume,
 and the metrics every run reports.
 
-One micro-step (spec 2.5): the student forward with its taps and interventions, the hard
+One micro-step: the student forward with its taps and interventions, the hard
 loss, each teacher's forward (no grad) with its taps, then the combiner's loss
 (pre_loss + inter_loss per teacher). `--forward_repeat_num R` adds R more passes on the same
 batch (`StepInfo.repeat_index` 1..R).

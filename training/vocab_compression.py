@@ -1,4 +1,4 @@
-"""GLMD vocabulary compression in a run (spec 3.12): finding the sorted-vocabulary table,
+"""GLMD vocabulary compression in a run: finding the sorted-vocabulary table,
 building the student's map from it (replacements picked with a teacher's word embeddings),
 and checking that every compressed model has a usable map before training starts."""
 from pathlib import Path
