@@ -101,7 +101,7 @@ class RailKDOptions:
         if self.rail_kd_u < 1 or self.rail_kd_epochs < 0 or self.rail_kd_iters < 0:
             raise ValueError("rail_kd_u must be >= 1 and rail_kd_epochs / rail_kd_iters >= 0")
         if self.rail_kd_layer_wise_alpha != 1.0:
-            warnings.warn("--rail_kd_layer_wise_alpha has no effect (unused in the original; the spec gives it "
+            warnings.warn("--rail_kd_layer_wise_alpha has no effect (unused in the original, which gives it "
                           "no meaning)", stacklevel=3)
 
 

@@ -211,10 +211,3 @@ def glm_model_of(module: nn.Module) -> "GLMModel":
 def glm_config_of(module: nn.Module) -> GLMConfig:
     """The GLMConfig of a GLMModel, or of the GLMModel inside task heads and wrappers (`.model`)."""
     return glm_model_of(module).config
-
-
-def language_model_loss(logits_parallel: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """sum(CE * loss_mask) / sum(loss_mask) over vocabulary-parallel logits [B, S, V/p]; 0 if nothing is masked in."""
-    losses = mpu.vocab_parallel_cross_entropy(logits_parallel, target)  # [B, S]
-    loss_mask = loss_mask.float()
-    return (losses * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)

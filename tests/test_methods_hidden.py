@@ -19,7 +19,8 @@ from distill.losses_hidden import (attention_kl, attention_mse, cosine_distance,
                                    probability_kl, relation_kl, split_relation_heads)
 from distill.methods_hidden import MiniLMv2Options, TinyBERTOptions
 from glm_fixtures import NO_DROPOUT, blank_infilling_batch
-from model import GLMConfig, GLMForMultiTokenCloze, GLMModel, language_model_loss
+from model import GLMConfig, GLMForMultiTokenCloze, GLMModel
+from training.stages import lm_loss
 
 # fp32 throughout; implementation and references differ only in summation order and in the
 # all-reduces at MP=2 (errors ~1e-7 relative), so 1e-5 relative holds with a wide margin.
@@ -93,7 +94,7 @@ def forward(case, student, teacher, batch):
     with torch.no_grad():
         t_out = teacher(*batch["inputs"], taps=student.teacher_taps(0, step))
     if stage == "pretrain":
-        hard = language_model_loss(s_out.logits, batch["target"], batch["loss_mask"])
+        hard = lm_loss(s_out.logits, batch["target"], batch["loss_mask"])
         d_batch = DistillBatch("pretrain", loss_mask=batch["loss_mask"], labels=batch["target"],
                                position_ids=batch["inputs"][1], token_level=True)
     else:

@@ -22,10 +22,10 @@ from distill.losses_logits import annealing_phi, continuation_loss, continuation
 from distill.methods_logits import MixBaselineOptions, resolve_component
 from glm_fixtures import blank_infilling_batch, tiny_config
 from model import GLMModel, ModelOutput
-from model.glm import language_model_loss
 from training.config import ArchConfig, TeacherConfig
 from training.teachers import Teacher
 from training_fixtures import ListBatches, full_state, global_batches, make_trainer, sharded_model, torch_engine
+from training.stages import lm_loss
 
 # fp32 everywhere; implementation and references differ only in summation order (a few ulp),
 # and at MP=2 in the order of the all-reduced partial sums: 1e-5 relative is a wide margin.
@@ -428,7 +428,7 @@ def test_readme_mixture_pt_is_the_sum_of_its_methods():
     s_out = mix(ids, position, sep, taps=mix.student_taps(step), interventions=mix.student_interventions(step))
     with torch.no_grad():
         t_out = teacher_glm(ids, position, sep, taps=mix.teacher_taps(0, step))
-    hard = language_model_loss(s_out.logits, target, loss_mask)
+    hard = lm_loss(s_out.logits, target, loss_mask)
     batch = DistillBatch("pretrain", loss_mask=loss_mask, labels=target, position_ids=position, token_level=True)
     total, metrics = AvgTeacher(AvgTeacherOptions(), options).compute(mix, s_out, hard, [t_out], batch, step)
     expected = 0.0

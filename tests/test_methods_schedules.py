@@ -22,10 +22,11 @@ from distill import (STUDENT_MODELS, AvgTeacherOptions, DistillBatch, DistillOpt
 from distill.losses_schedules import (alignment_points, attention_score_kl, consecutive_masks, cos_nce, interchange,
                                       leading_masks, progressive_unlock_due, random_masks, theseus_keep_rate)
 from glm_fixtures import tiny_config
-from model import GLMForMultiTokenCloze, GLMModel, language_model_loss
+from model import GLMForMultiTokenCloze, GLMModel
 from training.config import ArchConfig, TeacherConfig
 from training.teachers import Teacher
 from training_fixtures import ListBatches, global_batches, make_trainer, torch_engine
+from training.stages import lm_loss
 
 # fp32 throughout; implementation and references differ only in summation order and, at MP=2,
 # in the all-reduces (errors ~1e-7 relative), so 1e-5 relative holds with a wide margin.
@@ -190,7 +191,7 @@ def test_diito_both_passes_match_the_reference():
     (s_points, t_points), (mask, dual_mask) = student.method_state()["points"], student.method_state()["masks"]
     assert len(s_points) == 1 and len(t_points[0]) == 2                 # full: student l <-> teacher (2l-2, 2l]
     s0, t0 = run(student, batch, [*s_points, "output"]), run(teacher, batch, [*t_points[0], "output"])
-    non_pad, hard = ref_non_pad(batch), language_model_loss(s0.logits, batch["target"], batch["loss_mask"])
+    non_pad, hard = ref_non_pad(batch), lm_loss(s0.logits, batch["target"], batch["loss_mask"])
     expected0 = (o.diito_alpha_cos * ref_cos(s0.taps["output"], t0.taps["output"], non_pad)
                  + o.diito_alpha_ce * ref_soft(s0.logits, t0.logits, batch) + o.diito_alpha_mlm * hard)
     close(loss0, expected0, "pass 0")
@@ -250,7 +251,7 @@ def test_mobilebert_matches_the_reference(unlocked):
     if unlocked == 1:    # layer 0 is being learned: its attention and output weigh 1, the embedding 0.1
         expected = 0.5 * (kl[0] + 0.1 * mse[0] + mse[1])
     else:                # all unlocked: every term weighs 1, plus the MLM hard loss
-        expected = 0.5 * (sum(kl) + sum(mse)) + language_model_loss(s.logits, batch["target"], batch["loss_mask"])
+        expected = 0.5 * (sum(kl) + sum(mse)) + lm_loss(s.logits, batch["target"], batch["loss_mask"])
     close(loss, expected, f"mobilebert, {unlocked} unlocked")
 
 
@@ -305,7 +306,7 @@ def test_theseus_runs_teacher_blocks_without_their_gradients():
         mixed += [reference.transformer.layers[i]] if keep[i] else [t_layers[2 * i], t_layers[2 * i + 1]]
     reference.transformer.layers = nn.ModuleList(mixed)
     logits = run(reference, batch, []).logits
-    close(loss, language_model_loss(logits, batch["target"], batch["loss_mask"]), "hard loss of the mixed model")
+    close(loss, lm_loss(logits, batch["target"], batch["loss_mask"]), "hard loss of the mixed model")
     assert float(metrics["theseus/keep_rate"]) == pytest.approx(0.3)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())

@@ -25,6 +25,12 @@ LOSS_FUNCS = ("cross_entropy", "hinge", "generative", "mix")
 _MASKED_CHOICE = -10000.0
 
 
+def lm_loss(logits_parallel: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """The token CE over vocabulary-parallel logits averaged over the loss mask (the hard loss
+    of pretraining and of generative tasks)."""
+    return _per_sample_lm_loss(logits_parallel, target, loss_mask)[0]
+
+
 def _per_sample_lm_loss(logits_parallel, target, loss_mask) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token CE over vocabulary-parallel logits: (sum CE*mask / sum mask, per-sample [B])."""
     losses = mpu.vocab_parallel_cross_entropy(logits_parallel, target)          # [B, S]
