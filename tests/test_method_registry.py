@@ -58,6 +58,9 @@ def method_file(tmp_path, monkeypatch):
 def test_a_method_from_one_file_is_offered_parsed_validated_and_refused_elsewhere(method_file):
     text = build_help("pretrain", "pretrain.py")
     assert "reversekd:" in text and "--reversekd_weight" in text and "Weight of the reverse KL term." in text
+    body = " ".join(text.split())   # argparse wraps the help text
+    assert "--student_model STUDENT_MODEL Distillation method; None means plain training without teachers. " \
+           "Choices: alp_kd, annealing_kd," in body and "reversekd, sid" in body   # the method is a choice
     config = parse_run_config(["--student_model=reversekd", "--reversekd_weight=0.25", *TEACHER], "pretrain", "t")
     assert config.distill.method_options.reversekd_weight == 0.25
     assert config.distill.method_options == STUDENT_MODELS["reversekd"].options_class(reversekd_weight=0.25)

@@ -395,7 +395,10 @@ def flag_groups() -> Dict[str, List[Flag]]:
     `DistillOptions`), then one group per method and one per combiner, from the registries."""
     from distill import MULTI_TEACHER_MODELS, STUDENT_MODELS, DistillOptions
     groups: Dict[str, List[Flag]] = {name: [] for name in GENERIC_GROUPS}
+    choices = {"--student_model": STUDENT_MODELS.names(), "--multi_teacher_model": MULTI_TEACHER_MODELS.names()}
     for flag in GENERIC_FLAGS:
+        if flag.name in choices:   # the registered names, at the time of the call
+            flag = replace(flag, help=f"{flag.help} Choices: {', '.join(choices[flag.name])}.")
         groups[flag.group].append(flag)
     groups["distill"] += [_option_flag(option, "distill") for option in option_flags(DistillOptions)]
     return {**groups, **method_groups(STUDENT_MODELS), **method_groups(MULTI_TEACHER_MODELS)}
