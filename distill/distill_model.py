@@ -1,11 +1,16 @@
 """The student wrapper every distillation method subclasses, its typed inputs, and the registry.
 
-A trainer micro-step asks the student which taps and interventions it wants
-(`student_taps`, `teacher_taps`, ...: regenerated every step, so methods may randomise or
-progress layers), runs the student and the teachers with them, and hands the outputs to a
-multi-teacher combiner (`distill.multi_teacher_model`), which calls `pre_loss` and
-`inter_loss` once per teacher. Methods never read globals: the step counters arrive as a
-`StepInfo`, the batch tensors a loss may need as a `DistillBatch`.
+A trainer pass first calls `begin_step(step)` (where methods draw this step's random
+layers or advance a schedule), then asks the student which taps and interventions it wants
+(`student_taps`, `teacher_taps`, ...: pure queries of the state `begin_step` set), runs the
+student and the teachers with them, and hands the outputs to a multi-teacher combiner
+(`distill.multi_teacher_model`), which calls `pre_loss` and `inter_loss` once per teacher.
+
+Every loss a method returns is per sample, [B] fp32 (B: the batch's samples; cloze choice
+rows are folded back into their sample), with the method's loss equal to its mean; the
+combiner reduces (AvgTeacher: the mean; MT-BERT, Uncertainty, RL-KD: per-sample weights).
+Methods never read globals: the step counters arrive as a `StepInfo`, the batch tensors a
+loss may need as a `DistillBatch`.
 """
 import math
 import warnings
@@ -14,10 +19,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 
 from torch import Tensor, nn
 
-from model import ModelOutput, glm_model_of
+from model import GLMConfig, ModelOutput, glm_model_of
 
-from .losses import custom_mean, soft_loss, zero_loss
-from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, non_pad_rows, restrict_columns
+from .losses import non_pad_mask, sample_mean, soft_loss, zero_loss
+from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, restrict_columns
 from .options import option
 from .registry import Registry
 
@@ -138,12 +143,10 @@ class DistillBatch:
         return self.stage == "finetune"
 
     def non_pad_mask(self) -> Tensor:
-        """[B, S] bool: position_ids[:, 0] > 0, with column 0 forced to True."""
+        """[B, S] bool: the non-pad tokens (`losses.non_pad_mask` of position_ids)."""
         if self.position_ids is None:
             raise ValueError("non_pad_mask needs position_ids")
-        mask = self.position_ids[:, 0] > 0
-        mask[:, 0] = True
-        return mask
+        return non_pad_mask(self.position_ids)
 
 
 # --------------------------------------------------------------------------- checkpoint key renaming
@@ -200,6 +203,8 @@ class GLMStudent(nn.Module):
         self.model = model
         self.options = options
         self.teachers = tuple(teachers)
+        # The student's GLMConfig (None for a bare module used for its losses only).
+        self.config: Optional[GLMConfig] = _config_or_none(model)
         if method_options is None and self.options_class is not None:
             method_options = self.options_class()
         self.method_options = method_options
@@ -228,7 +233,45 @@ class GLMStudent(nn.Module):
     def teacher_modules(self) -> Tuple[nn.Module, ...]:
         return self._teacher_modules
 
+    # ------------------------------------------------------------------ kit for methods
+    def teacher_info(self, t_no: int) -> TeacherInfo:
+        """The TeacherInfo of teacher `t_no` (ValueError naming the method when it is missing)."""
+        if not 0 <= t_no < len(self.teachers):
+            raise ValueError(f"{self.name} needs the TeacherInfo of teacher {t_no}; it was built with "
+                             f"{len(self.teachers)} teachers")
+        return self.teachers[t_no]
+
+    def require_teachers(self) -> None:
+        """ValueError unless the method was built with the teachers' sizes (its layers need them)."""
+        if not self.teachers:
+            raise ValueError(f"--student_model={self.name} needs the teachers' sizes (TeacherInfo) to build its layers")
+
+    def require_config(self) -> GLMConfig:
+        """The student's GLMConfig (TypeError naming the method for a bare module)."""
+        if self.config is None:
+            raise TypeError(f"{self.name} needs a GLM student (a GLMModel or a task head around one), "
+                            f"got {type(self.model).__name__}")
+        return self.config
+
+    def check_teachers_match(self, field: str, why: str) -> None:
+        """ValueError unless every teacher's `field` (num_attention_heads, hidden_size) equals the student's."""
+        own = getattr(self.require_config(), field)
+        for t_no, teacher in enumerate(self.teachers):
+            if getattr(teacher, field) != own:
+                raise ValueError(f"{self.name}: {why} needs equal {field}; the student has {own}, "
+                                 f"teacher {t_no} {getattr(teacher, field)}")
+
+    @staticmethod
+    def zero(s_out: ModelOutput) -> Tensor:
+        """A zero per-sample loss [B] attached to the student's graph (a backward through it never errors)."""
+        return zero_loss(s_out.logits, (s_out.logits.size(0),))
+
     # ------------------------------------------------------------------ per-step requests
+    def begin_step(self, step: StepInfo) -> None:
+        """Called by the trainer once per pass, before any request or loss of that pass: the
+        one place where a method draws this step's random layers or advances its schedule.
+        KD: nothing. The taps and interventions getters below only read that state."""
+
     def student_taps(self, step: StepInfo) -> List[str]:
         """The taps this method reads from the student. Subclasses list their own; the trainer
         adds `base_taps` (the base-class logits term's), so they need not call super()."""
@@ -256,24 +299,23 @@ class GLMStudent(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def inter_loss(self, s_out: ModelOutput, t_out: ModelOutput, batch: DistillBatch, step: StepInfo,
-                   t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
-        """Intermediate-layer loss against teacher `t_no`: scalar, or [B] with keep_batch.
+                   t_no: int = 0) -> Tuple[Tensor, Metrics]:
+        """Intermediate-layer loss against teacher `t_no`, per sample [B].
 
         KD: 0, plus the base-class logits term with --distill_logits_parallel:
         T^2 * KL(z_s/T || z_t/T) (MSE with --distill_logit_mse) of the LM logits at every
         token row (choice-expanded in cloze fine-tuning), non-pad rows only with
         --distill_logit_mask_pad; the same loss as GLMD's (`logits_distillation_loss`).
         Methods that override inter_loss add this term by calling super()."""
-        logits = s_out.logits
-        total = zero_loss(logits, (logits.size(0),) if keep_batch else ())
+        total = self.zero(s_out)
         if not self.options.distill_logits_parallel:
             return total, {}
         s_logits, t_logits = s_out.taps["logits_parallel"], t_out.taps["logits_parallel"]      # [N, S, V/p]
         mask = None
         if self.options.distill_logit_mask_pad:
-            mask = non_pad_rows(s_out.taps["position_ids"]).reshape(s_logits.shape[:2])
+            mask = non_pad_mask(s_out.taps["position_ids"]).reshape(s_logits.shape[:2])
         rows, metrics = self.logits_loss(s_logits, t_logits, mask=mask, mse=self.options.distill_logit_mse)
-        term = rows.view(logits.size(0), -1).mean(dim=1) if keep_batch else rows.mean()       # [N] rows per sample
+        term = rows.view(s_out.logits.size(0), -1).mean(dim=1)            # [N*S] token rows -> [B]
         metrics["inter/logits_parallel"] = term.detach().mean()
         return total + term, metrics
 
@@ -298,21 +340,21 @@ class GLMStudent(nn.Module):
         if view is not None:
             s_logits, t_logits, column_keep = view.align(s_logits, t_logits)
         return logits_distillation_loss(s_logits, t_logits.detach(), temperature=self.options.distill_temperature,
-                                        keep_batch=True, column_keep=column_keep, **options)
+                                        column_keep=column_keep, **options)
 
-    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
-                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        """Prediction-layer loss: r_soft * soft + r_hard * hard_loss.
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch,
+                 step: StepInfo = StepInfo(), t_no: int = 0, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+        """Prediction-layer loss per sample [B]: r_soft * soft + r_hard * hard_loss.
 
         s_logits, t_logits: [B, S, V/p] when batch.token_level, else [B, C]. hard_loss: the
-        student's hard loss, scalar ([B] with keep_batch). Returns a scalar ([B]) fp32 loss and
-        the detached metrics {"kd/soft", "kd/hard"} of the enabled terms. A term is enabled by
+        student's hard loss, [B], or a scalar (the batch's, counted for every sample). Returns
+        the [B] fp32 loss and the detached metrics {"kd/soft", "kd/hard"} of the enabled terms. A term is enabled by
         its stage's flag and a nonzero rate; with neither enabled the loss is exactly 0.
         The soft term: see `DistillOptions`; KL carries T^2, CE and MSE do not; `mse_t_w`
         scales the teacher logits of the MSE. Soft-term mask m: 1 without loss_mask (cloze
         fine-tuning) or with distill_wo_loss_mask; labels > 0 with distill_only_mask_pad and
-        token-level labels; otherwise loss_mask. Reduction: `custom_mean` (plain mean over all
-        rows, masked ones included).
+        token-level labels; otherwise loss_mask. Reduction: `sample_mean` (per sample, the plain
+        mean over its rows, masked ones included).
 
         Fixed on purpose: the fine-tuning soft MSE applies m (the original lost it
         to a `maks=` typo); masked rows never produce NaN (fully padded rows give 0); a masked
@@ -322,20 +364,20 @@ class GLMStudent(nn.Module):
         soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate
         soft_on = soft_on and t_logits is not None   # a disabled teacher has no logits: hard term only
         hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate
-        total = zero_loss(s_logits, (s_logits.size(0),) if keep_batch else ())
+        total = zero_loss(s_logits, (s_logits.size(0),))
         metrics: Metrics = {}
         if soft_on:
-            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, keep_batch, mse_t_w)
+            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, mse_t_w)
             total = total + soft
             metrics["kd/soft"] = soft.detach().mean()
         if hard_on:
-            hard = options.distill_hard_rate * hard_loss.float()
+            hard = options.distill_hard_rate * hard_loss.float().expand(s_logits.size(0))
             total = total + hard
             metrics["kd/hard"] = hard.detach().mean()
         return total, metrics
 
-    def _soft_term(self, s_logits: Tensor, t_logits: Tensor, batch: DistillBatch, keep_batch: bool,
-                   mse_t_w: float) -> Tensor:
+    def _soft_term(self, s_logits: Tensor, t_logits: Tensor, batch: DistillBatch, mse_t_w: float) -> Tensor:
+        """The soft term per sample [B] (see `pre_loss`)."""
         kind = self.options.soft_kind(batch.finetune)
         temperature = self.options.distill_temperature
         mask = self.soft_mask(batch)
@@ -349,7 +391,7 @@ class GLMStudent(nn.Module):
                          teacher_weight=mse_t_w, mask=mask)
         if kind == "mse" and column_keep is not None:   # a mean over the kept columns, not all V
             rows = rows / kept_fraction(column_keep)
-        loss = custom_mean(rows, mask, keep_batch)
+        loss = sample_mean(rows, mask)
         return loss * temperature ** 2 if kind == "kl" else loss
 
     def soft_mask(self, batch: DistillBatch) -> Optional[Tensor]:
@@ -383,6 +425,13 @@ class GLMStudent(nn.Module):
     def _rename_incompatible(module, incompatible_keys) -> None:
         for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
             _rename_under(keys, module._load_prefix, _external_key)
+
+
+def _config_or_none(model: nn.Module) -> Optional[GLMConfig]:
+    try:
+        return glm_model_of(model).config
+    except TypeError:   # a bare module (loss-only use)
+        return None
 
 
 # --------------------------------------------------------------------------- registry

@@ -137,6 +137,35 @@ def custom_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None, keep_ba
     return loss.mean(dim=tuple(range(1, loss.dim()))) if loss.dim() > 1 else loss
 
 
+def sample_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The per-sample `custom_mean`: loss * mask, then the mean over every dimension but 0.
+
+    loss: [B, ...] -> [B] fp32. Every sample has the same number of elements, so the mean of
+    the result is the plain mean over the whole tensor (masked elements included)."""
+    loss = loss.float()
+    if mask is not None:
+        loss = loss * mask.to(loss.dtype)
+    return loss.flatten(1).mean(dim=1) if loss.dim() > 1 else loss
+
+
+def fold_samples(rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-row values [N] -> per-sample [B], N = B*C (cloze fine-tuning expands each sample
+    into its C choice rows): the mean over a sample's rows, so the mean of the result is the
+    mean over all rows. [B] stays as it is."""
+    if rows.dim() != 1 or rows.size(0) % batch_size:
+        raise ValueError(f"{tuple(rows.shape)} row values do not split into {batch_size} samples")
+    return rows.view(batch_size, -1).mean(dim=1)                                   # [B, C] -> [B]
+
+
+def non_pad_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """The non-pad tokens: position ids [N, 2, S] (GLM's 2-D positions) or [N, S] -> [N, S]
+    bool, True where the position is > 0, with column 0 (the [CLS] token at position 0) kept."""
+    positions = position_ids[:, 0] if position_ids.dim() == 3 else position_ids
+    mask = positions > 0
+    mask[:, 0] = True
+    return mask
+
+
 class _ZeroLike(torch.autograd.Function):
     """forward: zeros of `shape`; backward: a zero gradient for `like` (never NaN)."""
 

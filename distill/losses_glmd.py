@@ -7,7 +7,7 @@ gathered: the softmax statistics are all-reduced (`mpu.vocab_parallel_kl_div`), 
 are all-reduced, and top-n gathers only each rank's local top-n values and indices.
 
 `mask` (`[...]`, nonzero = keep) is a token mask: a masked row contributes 0 and still counts
-in the mean (`custom_mean`). The original multiplied the logits by the mask instead, which
+in the mean (`sample_mean`). The original multiplied the logits by the mask instead, which
 makes masked rows uniform-against-uniform (KL 0, MSE 0): the same values and gradients, but
 no inf/NaN of a padded row can reach the math here.
 """
@@ -20,7 +20,7 @@ import torch.distributed as dist
 import mpu
 from mpu.mappings import ProcessGroup, all_reduce_no_grad, group_rank, group_size, resolve_group
 
-from .losses import _keep, custom_mean, kl_divergence, parallel_mse
+from .losses import _keep, kl_divergence, parallel_mse, sample_mean
 from .losses import mse as mse_rows
 
 # Rows at a time inside the vocabulary-parallel KL: bounds its fp32 temporaries to
@@ -82,13 +82,6 @@ def num_top(top_n: float, vocab_size: int) -> int:
         raise ValueError(f"logitsdistil_top_n must be positive, got {top_n}")
     n = int(top_n * vocab_size) if top_n < 1 else int(top_n)
     return max(1, min(n, vocab_size))
-
-
-def non_pad_rows(position_ids: torch.Tensor) -> torch.Tensor:
-    """[N, 2, S] positions -> [N, S] bool keep-mask: position > 0, column 0 ([CLS]) kept."""
-    mask = position_ids[:, 0] > 0
-    mask[:, 0] = True
-    return mask
 
 
 def global_top_n(logits: torch.Tensor, n: int, group: ProcessGroup = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +157,7 @@ def _row_loss(s: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, temperature:
 def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel: torch.Tensor, *,
                              temperature: float = 1.0, mask: Optional[torch.Tensor] = None, mse: bool = False,
                              group: ProcessGroup = None, top_n: Optional[float] = None, teacher_min: bool = False,
-                             keep_batch: bool = False, column_keep: Optional[torch.Tensor] = None
+                             column_keep: Optional[torch.Tensor] = None
                              ) -> Tuple[torch.Tensor, dict]:
     """GLMD's logits loss over every token position.
 
@@ -173,7 +166,7 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
     vocabulary of (s - t)^2. top_n (n, or a fraction of V in (0, 1)): with `teacher_min` the
     teacher's logits below its n-th largest are set to its minimum first; otherwise the loss
     runs over the teacher's global top-n ids only (student gathered there), plus the hinge
-    `top_n_hinge`. Reduction: mean over all B*S rows (masked rows count); keep_batch: [B].
+    `top_n_hinge`. Reduction: per row, the mean over its S positions (masked ones count) -> [B].
     Returns (loss, {"logits/hinge": ...} when the hinge is on).
     """
     if s_logits_parallel.shape != t_logits_parallel.shape:
@@ -208,5 +201,5 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
     rows = _row_loss(s, t, keep, temperature, mse, group, vocab_parallel=hinge is None)
     if mse and hinge is None and column_keep is not None:   # a mean over the kept columns, not all V
         rows = rows / kept_fraction(column_keep, group)
-    loss = custom_mean(rows.reshape(rows_shape), None, keep_batch)
+    loss = sample_mean(rows.reshape(rows_shape))                                        # [B, S] -> [B]
     return (loss if hinge is None else loss + hinge), metrics

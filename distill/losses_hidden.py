@@ -1,7 +1,9 @@
 """Intermediate-layer losses of TinyBERT, MiniLM, MiniLMv2, DistilBERT and PKD as pure functions.
 
-All math is fp32. Reductions follow the original's `CustomLoss`: a plain mean over
-every element (or row), masked ones included; `keep_batch` keeps dim 0 and returns [B].
+All math is fp32. Every loss is per sample: dim 0 of the inputs ([B], or the N rows of
+choice-expanded cloze inputs) is kept and the rest reduced as the original's `CustomLoss`
+does, a plain mean over every element (or row), masked ones included; the mean of the
+result is the original's scalar.
 
 Two kinds of inputs:
 * replicated tensors (hidden states [B, S, H], identical on every model-parallel rank):
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 import mpu
 from mpu.mappings import ProcessGroup, group_size
 
-from .losses import custom_mean, kl_divergence
+from .losses import kl_divergence, sample_mean
 
 
 def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
@@ -29,35 +31,31 @@ def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor, what: str) -
         raise ValueError(f"{what}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
 
 
-def head_parallel_mean(values: torch.Tensor, keep_batch: bool = False, group: ProcessGroup = None) -> torch.Tensor:
-    """Mean over every element of `values` [B, n/p, ...] whose dim 1 is split across `group`.
-
-    Returns a scalar, or [B] with `keep_batch`. Forward: the local sum, all-reduced, divided
-    by the global count; backward: identity (each rank's elements get their own 1/count).
+def head_parallel_mean(values: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """Per-sample mean over the elements of `values` [B, n/p, ...] whose dim 1 is split across
+    `group` -> [B]. Forward: the local sums, all-reduced, divided by the global count per
+    sample; backward: identity (each rank's elements get their own 1/count).
     """
     values = values.float()
-    if keep_batch:
-        local, count = values.sum(dim=tuple(range(1, values.dim()))), values[0].numel()
-    else:
-        local, count = values.sum(), values.numel()
-    return mpu.reduce_from_model_parallel_region(local, group) / (count * group_size(group))
+    local = values.flatten(1).sum(dim=1)                                             # [B]
+    return mpu.reduce_from_model_parallel_region(local, group) / (values[0].numel() * group_size(group))
 
 
-def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, *, keep_batch: bool = False,
+def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, *,
                   group: ProcessGroup = None) -> torch.Tensor:
     """TinyBERT attention loss: mean (A_s - A_t)^2 over all heads of the group.
 
     scores: [B, nh/p, S, S] (pre-softmax; masked cells hold the same fill value in both, so
-    they add 0 but count in the mean) -> scalar or [B].
+    they add 0 but count in the mean) -> [B].
     """
     _check_same_shape(student_scores, teacher_scores, "attention maps")
-    return head_parallel_mean((student_scores.float() - teacher_scores.float()).pow(2), keep_batch, group)
+    return head_parallel_mean((student_scores.float() - teacher_scores.float()).pow(2), group)
 
 
-def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, *, keep_batch: bool = False) -> torch.Tensor:
-    """Mean (h_s - h_t)^2 over all elements. hidden: [B, ..., H] replicated -> scalar or [B]."""
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean (h_s - h_t)^2 over each sample's elements. hidden: [B, ..., H] replicated -> [B]."""
     _check_same_shape(student, teacher, "hidden states")
-    return custom_mean((student.float() - teacher.float()).pow(2), keep_batch=keep_batch)
+    return sample_mean((student.float() - teacher.float()).pow(2))
 
 
 def probability_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -76,13 +74,13 @@ def probability_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> 
     return terms.sum(dim=-1)
 
 
-def attention_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, *, keep_batch: bool = False,
+def attention_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor, *,
                  group: ProcessGroup = None) -> torch.Tensor:
     """MiniLM attention loss: mean over [B, nh/p, S] query rows of KL(a_t || a_s) per head.
 
-    probs: [B, nh/p, S, S] attention probabilities (used as they are) -> scalar or [B].
+    probs: [B, nh/p, S, S] attention probabilities (used as they are) -> [B].
     """
-    return head_parallel_mean(probability_kl(student_probs, teacher_probs), keep_batch, group)
+    return head_parallel_mean(probability_kl(student_probs, teacher_probs), group)
 
 
 def self_relation(states: torch.Tensor) -> torch.Tensor:
@@ -99,25 +97,26 @@ def split_relation_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
     return states.view(batch, seq, num_heads, width // num_heads).transpose(1, 2)
 
 
-def relation_kl(student_states: torch.Tensor, teacher_states: torch.Tensor, *, keep_batch: bool = False,
+def relation_kl(student_states: torch.Tensor, teacher_states: torch.Tensor, *,
                 group: ProcessGroup = None) -> torch.Tensor:
     """MiniLM/MiniLMv2 relation loss: mean over [B, n/p, S] rows of
     KL(softmax(rel_t) || softmax(rel_s)), rel = X X^T / sqrt(d) per head (no mask, no temperature).
 
-    states: [B, n/p, S, d_s] and [B, n/p, S, d_t] (head sizes may differ) -> scalar or [B].
+    states: [B, n/p, S, d_s] and [B, n/p, S, d_t] (head sizes may differ) -> [B].
     """
     if student_states.shape[:-1] != teacher_states.shape[:-1]:
         raise ValueError(f"relation heads: student {tuple(student_states.shape)} and teacher "
                          f"{tuple(teacher_states.shape)} differ in heads or sequence")
     rows = kl_divergence(self_relation(student_states), self_relation(teacher_states))   # [B, n/p, S]
-    return head_parallel_mean(rows, keep_batch, group)
+    return head_parallel_mean(rows, group)
 
 
-def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
-                    keep_batch: bool = False) -> torch.Tensor:
-    """DistilBERT cosine loss: 1 - cos(s_r, t_r) per row r, masked rows 0, plain mean over all rows.
+def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, *, mask: Optional[torch.Tensor] = None
+                    ) -> torch.Tensor:
+    """DistilBERT cosine loss: 1 - cos(s_r, t_r) per row r, masked rows 0, plain mean over each
+    sample's rows.
 
-    hidden: [B, S, H] replicated; mask: [B, S] (nonzero = keep) or None -> scalar or [B].
+    hidden: [B, S, H] (or [B, H]) replicated; mask: [B, S] (nonzero = keep) or None -> [B].
     Masked rows never reach the cosine, so all-zero or padded rows give neither NaN nor a
     gradient.
     """
@@ -127,17 +126,17 @@ def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, *, mask: Optio
     s = torch.where(keep.unsqueeze(-1), student.float(), ones)
     t = torch.where(keep.unsqueeze(-1), teacher.float(), ones)
     rows = torch.where(keep, 1.0 - F.cosine_similarity(s, t, dim=-1), torch.zeros((), device=student.device))
-    return custom_mean(rows, keep_batch=keep_batch)
+    return sample_mean(rows)
 
 
-def patience_mse(student: torch.Tensor, teacher: torch.Tensor, *, normalize: bool = False, only_cls: bool = False,
-                 keep_batch: bool = False) -> torch.Tensor:
+def patience_mse(student: torch.Tensor, teacher: torch.Tensor, *, normalize: bool = False, only_cls: bool = False
+                 ) -> torch.Tensor:
     """PKD patient loss: MSE(f(h_s), f(h_t)), f = the [CLS] row (only_cls), then L2-normalised
-    over H (normalize). hidden: [B, S, H] replicated -> scalar or [B] (mean over all elements)."""
+    over H (normalize). hidden: [B, S, H] replicated -> [B] (mean over each sample's elements)."""
     _check_same_shape(student, teacher, "hidden states")
     s, t = student.float(), teacher.float()
     if only_cls:
         s, t = s[:, 0], t[:, 0]                       # [B, H]
     if normalize:
         s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-    return custom_mean((s - t).pow(2), keep_batch=keep_batch)
+    return sample_mean((s - t).pow(2))

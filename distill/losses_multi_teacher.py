@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import mpu
 from mpu.mappings import ProcessGroup, group_size
 
-from .losses import custom_mean, soft_cross_entropy
+from .losses import sample_mean, soft_cross_entropy
 
 
 def normalized_entropy(logits: torch.Tensor, *, vocab_parallel: bool, mask: Optional[torch.Tensor] = None,
@@ -23,7 +23,7 @@ def normalized_entropy(logits: torch.Tensor, *, vocab_parallel: bool, mask: Opti
 
     logits: [B, C] replicated, or [B, S, V/p] vocabulary-parallel; mask: the rows' shape
     ([B] or [B, S]), nonzero = keep. Returns [B] fp32: the plain mean over a sample's rows
-    (`custom_mean`), where a masked row counts as 0. Differentiable in `logits`.
+    (`sample_mean`), where a masked row counts as 0. Differentiable in `logits`.
     """
     num_classes = logits.size(-1) * (group_size(group) if vocab_parallel else 1)
     if num_classes < 2:
@@ -33,7 +33,7 @@ def normalized_entropy(logits: torch.Tensor, *, vocab_parallel: bool, mask: Opti
         rows = mpu.vocab_parallel_entropy(logits, 1.0, keep, group)
     else:
         rows = soft_cross_entropy(logits, logits, mask=mask)     # -sum p log p per row
-    return custom_mean(rows, keep_batch=True) / math.log(num_classes)
+    return sample_mean(rows) / math.log(num_classes)
 
 
 def uncertainty_rates(entropy: torch.Tensor, num_teachers: int, hard: bool = False) -> torch.Tensor:

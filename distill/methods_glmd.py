@@ -18,7 +18,7 @@ from torch import Tensor
 from model import glm_model_of
 
 from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
-from .losses_glmd import non_pad_rows
+from .losses import non_pad_mask
 from .methods_relations import fold_rows
 from .options import option
 
@@ -114,7 +114,7 @@ class LogitsDistil(GLMStudent):
         """[N, S] bool keep-mask of the enabled masks, or None."""
         opts, mask = self.method_options, None
         if opts.logitsdistil_mask_pad:
-            mask = non_pad_rows(s_out.taps["position_ids"]).reshape(num_rows, seq_length)
+            mask = non_pad_mask(s_out.taps["position_ids"]).reshape(num_rows, seq_length)
         if opts.logitsdistil_mask_a:
             answers = answer_mask(batch, num_rows, seq_length)
             mask = answers if mask is None else mask & answers

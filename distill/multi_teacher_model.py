@@ -1,7 +1,8 @@
 """Combiners of per-teacher losses and their registry.
 
-A combiner's `compute` calls `student.pre_loss` and `student.inter_loss` once per teacher and
-merges the results. The registry maps `--multi_teacher_model` names to classes; every class
+A combiner's `compute` calls `student.pre_loss` and `student.inter_loss` once per teacher
+(each returns a per-sample loss [B]) and reduces them to the run's loss: AvgTeacher by the
+mean, MT-BERT, Uncertainty and RL-KD with their per-sample weights. The registry maps `--multi_teacher_model` names to classes; every class
 has a typed options dataclass (`options_class`, built from the flag values by
 `options_from_flags`) and is built with `build_multi_teacher(name, options, distill_options,
 context)`. A combiner is an `nn.Module`: a run attaches it to the student as
@@ -61,10 +62,10 @@ def _suffix(metrics: Metrics, t_no: int, several: bool) -> Metrics:
 
 
 def _teacher_terms(student: GLMStudent, s_out: ModelOutput, t_out: ModelOutput, hard: Tensor, batch: DistillBatch,
-                   step: StepInfo, t_no: int, keep_batch: bool = False) -> Tuple[Tensor, Tensor, Metrics]:
-    """(pre_loss, inter_loss, their metrics) of the student against teacher `t_no`."""
-    pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, hard, batch, t_no=t_no, keep_batch=keep_batch)
-    inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no, keep_batch=keep_batch)
+                   step: StepInfo, t_no: int) -> Tuple[Tensor, Tensor, Metrics]:
+    """(pre_loss [B], inter_loss [B], their metrics) of the student against teacher `t_no`."""
+    pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, hard, batch, step, t_no=t_no)
+    inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no)
     return pre, inter, {**pre_metrics, **inter_metrics}
 
 
@@ -213,11 +214,11 @@ class AvgTeacher(Combiner):
             if not alive:
                 continue
             if t_out is None:   # disabled (--mt_disable_operation, e.g. Theseus): only the hard term
-                pre, term_metrics = student.pre_loss(s_out.logits, None, s_hard_loss, batch, t_no=t_no)
+                pre, term_metrics = student.pre_loss(s_out.logits, None, s_hard_loss, batch, step, t_no=t_no)
                 inter = zero_loss(s_out.logits)
             else:
                 pre, inter, term_metrics = _teacher_terms(student, s_out, t_out, s_hard_loss, batch, step, t_no)
-            terms.append(pre + inter)
+            terms.append((pre + inter).mean())
             metrics.update(_suffix({**term_metrics, "kd/teacher": terms[-1].detach()}, t_no, len(t_outs) > 1))
         if self.options.avgmt_teacher_survival_p < 1.0:
             terms.append(self.distill_options.distill_hard_rate * s_hard_loss.float())
@@ -319,7 +320,3 @@ class MixMT(Combiner):
             raise ValueError(f"mixmt: the checkpoint has state of {sorted(unknown)}, this run combines {self.names}")
         for name in self.names:
             getattr(self, name).load_combiner_state(state.get(name, {}))
-
-
-# The other combiners register themselves (after the base classes above exist).
-from . import multi_teacher_rl_kd, multi_teacher_weighted  # noqa: E402,F401

@@ -152,9 +152,8 @@ class RLKD(Combiner):
         terms, metrics, several = [], {}, len(self.distilled) > 1
         for t_no in self.distilled:
             hard = s_hard_loss if only_avg else s_hard_per_sample
-            pre, inter, term_metrics = _teacher_terms(student, s_out, t_outs[t_no], hard, batch, step, t_no,
-                                                      keep_batch=not only_avg)
-            terms.append(pre + inter)
+            pre, inter, term_metrics = _teacher_terms(student, s_out, t_outs[t_no], hard, batch, step, t_no)
+            terms.append((pre + inter).mean() if only_avg else pre + inter)
             metrics.update(_suffix({**term_metrics, "kd/teacher": terms[-1].detach().mean()}, t_no, several))
         if only_avg:
             final = sum(terms) / len(terms)

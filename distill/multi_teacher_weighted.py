@@ -107,11 +107,11 @@ class MTBERT(Combiner):
         terms, metrics, several = [], {}, len(t_outs) > 1
         for t_no, t_out in enumerate(t_outs):
             s_fit, t_fit = self.fitted(s_out, t_out, t_no)
-            pre, term_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_per_sample, batch, t_no=t_no,
-                                                 keep_batch=True)
+            pre, term_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_per_sample, batch, step,
+                                                 t_no=t_no)
             pre = (pre / (1.0 + t_hard_losses[t_no][1].detach().float())).mean()
             inter, inter_metrics = student.inter_loss(s_fit, t_fit, batch, step, t_no=t_no)
-            terms.append(pre + inter)
+            terms.append(pre + inter.mean())
             metrics.update(_suffix({**term_metrics, **inter_metrics, "kd/teacher": terms[-1].detach()}, t_no, several))
         total = sum(terms)
         if not self.options.mt_bert_wo_hard:
@@ -209,15 +209,16 @@ class Uncertainty(Combiner):
         rates, order = self.rates(entropy, num_teachers), options.teacher_order(num_teachers)          # [B, N]
         terms, metrics, several = [], {"uncertainty/entropy": entropy.detach().mean()}, num_teachers > 1
         for t_no, t_out in enumerate(t_outs):
-            pre, term_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_per_sample, batch, t_no=t_no,
-                                                 keep_batch=True)
+            pre, term_metrics = student.pre_loss(s_out.logits, t_out.logits, s_hard_per_sample, batch, step,
+                                                 t_no=t_no)
             pre = rates[:, order[t_no]] * pre
-            inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no,
-                                                      keep_batch=options.uncertainty_inter_entropy)
+            inter, inter_metrics = student.inter_loss(s_out, t_out, batch, step, t_no=t_no)
             if options.uncertainty_inter_entropy:
                 inter = (inter * entropy).mean()
                 if inter.detach() > 0:
                     pre = (1.0 - entropy).abs() * pre
+            else:
+                inter = inter.mean()
             terms.append(pre.mean() + inter)
             metrics.update(_suffix({**term_metrics, **inter_metrics, "kd/teacher": terms[-1].detach(),
                                     "uncertainty/rate": rates[:, order[t_no]].detach().mean()}, t_no, several))

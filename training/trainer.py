@@ -105,6 +105,7 @@ class Trainer:
         analysed = self._analysed(step)
         extra_student, extra_teachers = (analysis_taps(self.student, step, self.settings.analysis) if analysed
                                          else ([], [[] for _ in self.teachers]))
+        self.student.begin_step(step)
         output = self.engine(*inputs, taps=_union(self.student.student_taps(step), self.student.base_taps("student"),
                                                   extra_student),
                              interventions=self.student.student_interventions(step))

@@ -1,0 +1,3 @@
+"""The distillation methods, one file each (its options, its class, its private losses);
+importing this package registers them in `distill.STUDENT_MODELS`. A new method is a new
+file here plus its line below."""
