@@ -10,8 +10,9 @@ from torch import nn
 
 import mpu
 from distill import (MULTI_TEACHER_MODELS, STUDENT_MODELS, AvgTeacher, AvgTeacherOptions, DistillBatch,
-                     DistillOptions, GLMStudent, StepInfo, build_multi_teacher, build_student, register_student)
-from distill.losses import custom_mean
+                     DistillOptions, GLMStudent, StepInfo, TeacherInfo, build_multi_teacher, build_student,
+                     register_student)
+from distill.losses import fold_samples, non_pad_mask, sample_mean
 from glm_fixtures import tiny_config
 from model import GLMModel, ModelOutput
 
@@ -62,14 +63,23 @@ def ref_mse(s, t, weight, mask):
     return per_element * (1.0 if mask is None else mask.unsqueeze(-1))
 
 
-def reduce_ref(rows, mask, keep_batch):
+def reduce_ref(rows, mask, per_sample):
     rows = rows * (1.0 if mask is None else mask)
-    return rows.flatten(1).mean(1) if keep_batch else rows.mean()
+    return rows.flatten(1).mean(1) if per_sample else rows.mean()
 
 
-def run(options, s, t, hard, batch, keep_batch=False, mse_t_w=1.0):
+def run_per_sample(options, s, t, hard, batch, mse_t_w=1.0):
+    """pre_loss as the method returns it: one value per sample [B]."""
     student = GLMStudent(nn.Identity(), DistillOptions(**options))
-    return student.pre_loss(s, t, hard, batch, keep_batch=keep_batch, mse_t_w=mse_t_w)
+    loss, metrics = student.pre_loss(s, t, hard, batch, mse_t_w=mse_t_w)
+    assert loss.shape == (s.size(0),) and loss.dtype == torch.float32
+    return loss, metrics
+
+
+def run(options, s, t, hard, batch, mse_t_w=1.0):
+    """pre_loss reduced as AvgTeacher reduces it (the mean over samples)."""
+    loss, metrics = run_per_sample(options, s, t, hard, batch, mse_t_w)
+    return loss.mean(), metrics
 
 
 # --------------------------------------------------------------------------- pre_loss variants
@@ -83,15 +93,15 @@ PT_CASES = {  # name: (options, golden per-sample soft loss (s, t, mask) -> [B])
 
 
 @pytest.mark.parametrize("name", sorted(PT_CASES))
-@pytest.mark.parametrize("keep_batch", [False, True])
-def test_pretraining_soft_variants(name, keep_batch):
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_pretraining_soft_variants(name, per_sample):
     options, golden = PT_CASES[name]
     s, t, hard, batch = token_batch()
-    loss, metrics = run(dict(options, distill_temperature=T), s, t, hard, batch, keep_batch, mse_t_w=0.5)
+    loss, metrics = (run_per_sample if per_sample else run)(dict(options, distill_temperature=T), s, t, hard, batch,
+                                                            mse_t_w=0.5)
     mask = batch.loss_mask
     expected = golden(s, t, mask)
-    expected = expected if keep_batch else expected.mean()  # equal row counts: mean of means = mean
-    assert loss.shape == ((B,) if keep_batch else ())
+    expected = expected if per_sample else expected.mean()  # equal row counts: mean of means = mean
     close(loss, expected, name)
     assert set(metrics) == {"kd/soft"} and not metrics["kd/soft"].requires_grad
     loss.sum().backward()
@@ -119,24 +129,26 @@ def test_pretraining_hard_rates_and_combination():
     assert loss.item() == 0.0 and metrics == {}
 
 
-@pytest.mark.parametrize("keep_batch", [False, True])
-def test_finetuning_cloze_variants(keep_batch):
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_finetuning_cloze_variants(per_sample):
     s, t, hard, batch = task_batch()
-    hard = hard if keep_batch else hard.mean()
-    reduce = (lambda rows: rows) if keep_batch else (lambda rows: rows.mean())
-    loss, metrics = run(dict(distill_ft_soft=True, distill_temperature=T), s, t, hard, batch, keep_batch)
+    hard = hard if per_sample else hard.mean()     # the per-sample hard loss, or the batch's (a scalar)
+    reduce = (lambda rows: rows) if per_sample else (lambda rows: rows.mean())
+    go = run_per_sample if per_sample else run
+    loss, metrics = go(dict(distill_ft_soft=True, distill_temperature=T), s, t, hard, batch)
     close(loss, reduce(ref_ce(s, t, T)), "ft soft CE, no T^2")
-    loss, _ = run(dict(distill_ft_soft=True, distill_ft_soft_kl=True, distill_temperature=T), s, t, hard, batch,
-                  keep_batch)
+    loss, _ = go(dict(distill_ft_soft=True, distill_ft_soft_kl=True, distill_temperature=T), s, t, hard, batch)
     close(loss, reduce(T ** 2 * ref_kl(s, t, T)), "ft soft T^2 KL")
-    loss, _ = run(dict(distill_ft_soft=True, distill_ft_soft_mse=True), s, t, hard, batch, keep_batch, mse_t_w=0.7)
+    loss, _ = go(dict(distill_ft_soft=True, distill_ft_soft_mse=True), s, t, hard, batch, mse_t_w=0.7)
     close(loss, reduce(F.mse_loss(s, 0.7 * t, reduction="none").mean(-1)), "ft soft MSE")
-    loss, metrics = run(dict(distill_ft_hard=True, distill_hard_rate=0.25), s, t, hard, batch, keep_batch)
+    loss, metrics = go(dict(distill_ft_hard=True, distill_hard_rate=0.25), s, t, hard, batch)
     close(loss, 0.25 * hard, "ft hard")
-    assert loss.shape == ((B,) if keep_batch else ())
+    # A scalar hard loss counts for every sample.
+    scalar_hard, _ = run_per_sample(dict(distill_ft_hard=True, distill_hard_rate=0.25), s, t, hard.mean(), batch)
+    close(scalar_hard, 0.25 * hard.mean().expand(B), "scalar hard loss per sample")
     # No loss_mask in cloze fine-tuning, so the mask flags change nothing.
     for flag in ("distill_wo_loss_mask", "distill_only_mask_pad"):
-        masked, _ = run({"distill_ft_soft": True, "distill_temperature": T, flag: True}, s, t, hard, batch, keep_batch)
+        masked, _ = go({"distill_ft_soft": True, "distill_temperature": T, flag: True}, s, t, hard, batch)
         close(masked, reduce(ref_ce(s, t, T)), flag)
 
 
@@ -189,7 +201,7 @@ def test_neither_term_enabled_is_exactly_zero():
     assert loss.dtype == torch.float32 and loss.shape == () and loss.item() == 0.0 and metrics == {}
     loss.backward()  # no "does not require grad" error: the zero hangs off the student logits
     assert torch.equal(s.grad, torch.zeros_like(s))
-    loss, _ = run({}, s, t, hard, batch, keep_batch=True)
+    loss, _ = run_per_sample({}, s, t, hard, batch)
     assert torch.equal(loss, torch.zeros(B))
     # Also on a graph-less input (evaluation).
     loss, _ = run({}, s.detach(), t, hard, batch)
@@ -228,11 +240,24 @@ def test_task_logits_with_minus_inf_columns_and_masked_rows():
         assert torch.isfinite(s.grad).all()
 
 
-def test_custom_mean_counts_masked_rows():
+def test_sample_mean_counts_masked_rows():
     loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    assert custom_mean(loss, mask).item() == pytest.approx(8.0 / 4)      # exact in fp32
-    assert custom_mean(loss, mask, keep_batch=True).tolist() == [0.5, 3.5]
+    assert sample_mean(loss, mask).tolist() == [0.5, 3.5]                 # exact in fp32
+    assert sample_mean(loss, mask).mean().item() == 8.0 / 4               # the original's CustomLoss scalar
+    assert sample_mean(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]   # [B] stays
+
+
+def test_fold_samples_and_non_pad_mask():
+    rows = torch.tensor([1.0, 3.0, 5.0, 7.0, 2.0, 6.0])                   # 2 samples of 3 choice rows
+    assert fold_samples(rows, 2).tolist() == [3.0, 5.0]
+    assert torch.equal(fold_samples(rows, 6), rows)
+    with pytest.raises(ValueError, match="do not split into 4 samples"):
+        fold_samples(rows, 4)
+    positions = torch.tensor([[[0, 1, 2, 0], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]])   # [N, 2, S]
+    expected = [[True, True, True, False], [True, False, False, False]]  # column 0 ([CLS]) always kept
+    assert non_pad_mask(positions).tolist() == expected
+    assert non_pad_mask(positions[:, 0]).tolist() == expected             # [N, S] positions too
 
 
 # --------------------------------------------------------------------------- options
@@ -261,9 +286,9 @@ class _HiddenMSEStudent(GLMStudent):
     """A test method with an intermediate loss: MSE between the "h" taps."""
     name = "test_hidden_mse"
 
-    def inter_loss(self, s_out, t_out, batch, step, t_no=0, keep_batch=False):
-        loss = custom_mean(F.mse_loss(s_out.taps["h"], t_out.taps["h"], reduction="none"), keep_batch=keep_batch)
-        return loss, {"inter/h": loss.detach()}
+    def inter_loss(self, s_out, t_out, batch, step, t_no=0):
+        loss = sample_mean(F.mse_loss(s_out.taps["h"], t_out.taps["h"], reduction="none"))      # [B]
+        return loss, {"inter/h": loss.detach().mean()}
 
 
 def _outputs(num_teachers, seed=3):
@@ -279,7 +304,7 @@ AVG_DISTILL = DistillOptions(distill_ft_soft=True, distill_ft_hard=True, distill
 
 def _per_teacher(student, s_out, hard, t_outs, batch):
     return [sum(f[0] for f in (student.pre_loss(s_out.logits, t.logits, hard, batch, t_no=i),
-                               student.inter_loss(s_out, t, batch, StepInfo(), t_no=i)))
+                               student.inter_loss(s_out, t, batch, StepInfo(), t_no=i))).mean()
             for i, t in enumerate(t_outs)]
 
 
@@ -291,8 +316,9 @@ def test_avg_teacher_single_teacher_is_pre_plus_inter():
                                                                           StepInfo())
     pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, hard, batch)
     inter, _ = student.inter_loss(s_out, t_out, batch, StepInfo())
-    assert torch.equal(total, pre + inter)                               # exactly: the same ops
-    assert inter.item() > 0 and set(metrics) == {"kd/soft", "kd/hard", "inter/h", "kd/teacher", "kd/total"}
+    assert pre.shape == inter.shape == (B,)
+    assert torch.equal(total, (pre + inter).mean())                      # exactly: the same ops
+    assert inter.mean().item() > 0 and set(metrics) == {"kd/soft", "kd/hard", "inter/h", "kd/teacher", "kd/total"}
     assert torch.equal(metrics["kd/soft"], pre_metrics["kd/soft"])
     total.backward()
     assert s_out.logits.grad is not None
@@ -400,6 +426,7 @@ def test_registries():
 def test_base_requests_and_state():
     student = GLMStudent(nn.Identity(), DistillOptions())
     step = StepInfo(iteration=3)
+    student.begin_step(step)
     assert student.student_taps(step) == [] and student.teacher_taps(0, step) == []
     assert student.student_interventions(step) == {} and student.teacher_interventions(1, step) == {}
     assert student.method_state() == {}
@@ -416,3 +443,27 @@ def test_base_requests_and_state():
     position_ids = torch.tensor([[[0, 1, 2, 0, 0]]]).expand(1, 2, 5)
     assert DistillBatch("pretrain", position_ids=position_ids).non_pad_mask().tolist() == [[True, True, True,
                                                                                            False, False]]
+
+
+def test_base_kit_config_and_teacher_checks():
+    """What every method used to look up for itself: the student's config and the teachers' sizes."""
+    config = tiny_config()
+    glm = GLMModel(config)
+    teachers = [TeacherInfo(num_layers=4, hidden_size=config.hidden_size, num_attention_heads=8)]
+    student = GLMStudent(glm, DistillOptions(), teachers)
+    assert student.config is glm.config and student.require_config() is glm.config
+    assert student.teacher_info(0) is teachers[0]
+    with pytest.raises(ValueError, match="kd needs the TeacherInfo of teacher 1; it was built with 1 teachers"):
+        student.teacher_info(1)
+    student.check_teachers_match("hidden_size", "a shared width")
+    with pytest.raises(ValueError, match="kd: head mapping needs equal num_attention_heads; the student has "
+                                         f"{config.num_attention_heads}, teacher 0 8"):
+        student.check_teachers_match("num_attention_heads", "head mapping")
+    with pytest.raises(ValueError, match="needs the teachers' sizes"):
+        GLMStudent(glm, DistillOptions()).require_teachers()
+    bare = GLMStudent(nn.Identity(), DistillOptions())
+    assert bare.config is None
+    with pytest.raises(TypeError, match="kd needs a GLM student .* got Identity"):
+        bare.require_config()
+    zero = bare.zero(ModelOutput(torch.ones(3, 2, requires_grad=True), {}))
+    assert zero.shape == (3,) and zero.requires_grad and torch.equal(zero, torch.zeros(3))

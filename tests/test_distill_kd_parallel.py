@@ -1,5 +1,5 @@
 """KD losses on vocabulary-parallel logits at MP=2 (gloo, CPU processes) equal MP=1: every
-token-level pre_loss variant, keep_batch, the gradient of each rank's logit shard, and
+token-level pre_loss variant, per-sample losses, the gradient of each rank's logit shard, and
 AvgTeacher over two teachers. One spawn runs all the checks."""
 import pytest
 import torch
@@ -15,12 +15,12 @@ pytestmark = pytest.mark.slow   # subprocess, gloo or end-to-end runs: outside t
 RTOL = 1e-5
 B, S, V = 3, 5, 34          # V/2 = 17 columns per rank
 T = 2.0
-CASES = [  # (label, options, stage, keep_batch, mse teacher weight)
+CASES = [  # (label, options, stage, per-sample hard loss (else a scalar), mse teacher weight)
     ("pt soft KL (T^2)", dict(distill_pt_soft=True), "pretrain", False, 1.0),
-    ("pt soft KL keep_batch", dict(distill_pt_soft=True), "pretrain", True, 1.0),
+    ("pt soft KL, [B] hard", dict(distill_pt_soft=True), "pretrain", True, 1.0),
     ("pt soft CE", dict(distill_pt_soft=True, distill_pt_soft_ce=True), "pretrain", False, 1.0),
     ("pt soft MSE", dict(distill_pt_soft=True, distill_pt_soft_mse=True), "pretrain", False, 0.5),
-    ("pt soft MSE keep_batch", dict(distill_pt_soft=True, distill_pt_soft_mse=True), "pretrain", True, 0.5),
+    ("pt soft MSE, [B] hard", dict(distill_pt_soft=True, distill_pt_soft_mse=True), "pretrain", True, 0.5),
     ("pt soft + hard, rates", dict(distill_pt_soft=True, distill_pt_hard=True, distill_soft_rate=0.5,
                                    distill_hard_rate=2.0), "pretrain", False, 1.0),
     ("wo_loss_mask", dict(distill_pt_soft=True, distill_wo_loss_mask=True), "pretrain", False, 1.0),
@@ -41,12 +41,12 @@ def _inputs():
 def _all_losses(inputs, shard):
     """Every case's loss and student-logit gradient on `shard(logits)` (the full logits at MP=1)."""
     results = []
-    for label, options, stage, keep_batch, weight in CASES:
+    for label, options, stage, per_sample_hard, weight in CASES:
         s = shard(inputs["s"]).requires_grad_()
         batch = DistillBatch(stage, loss_mask=inputs["loss_mask"], labels=inputs["labels"], token_level=True)
         student = GLMStudent(torch.nn.Identity(), DistillOptions(distill_temperature=T, **options))
-        hard = inputs["hard"].expand(B) if keep_batch else inputs["hard"]
-        loss, _ = student.pre_loss(s, shard(inputs["t0"]), hard, batch, keep_batch=keep_batch, mse_t_w=weight)
+        hard = inputs["hard"].expand(B) if per_sample_hard else inputs["hard"]
+        loss, _ = student.pre_loss(s, shard(inputs["t0"]), hard, batch, mse_t_w=weight)          # [B]
         loss.sum().backward()
         results.append((label, loss.detach(), s.grad))
     # AvgTeacher over two teachers (the mean of two vocabulary-parallel KLs).

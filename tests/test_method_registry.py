@@ -34,11 +34,12 @@ class ReverseKD(GLMStudent):
     name = "reversekd"
     options_class = ReverseKDOptions
 
-    def inter_loss(self, s_out, t_out, batch, step, t_no=0, keep_batch=False):
+    def inter_loss(self, s_out, t_out, batch, step, t_no=0):
         import torch.nn.functional as F
         s, t = s_out.logits.float().log_softmax(-1), t_out.logits.float().log_softmax(-1)
-        loss = self.method_options.reversekd_weight * F.kl_div(t, s, log_target=True, reduction="batchmean")
-        return loss, {"reversekd/kl": loss.detach()}
+        kl = F.kl_div(t, s, log_target=True, reduction="none").flatten(1).sum(1)          # [B]
+        loss = self.method_options.reversekd_weight * kl
+        return loss, {"reversekd/kl": loss.detach().mean()}
 '''
 TEACHER = ["--teacher_load_pretrained=teacher", "--teacher_num_layers=2", "--teacher_hidden_size=32",
            "--teacher_num_attention_heads=4"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import DistillBatch, DistillOptions, GLMStudent, StepInfo, TeacherInfo, build_multi_teacher
-from distill.losses import custom_mean
+from distill.losses import sample_mean
 from distill.losses_multi_teacher import normalized_entropy, policy_loss, sequence_mean, uncertainty_rates
 from distill.multi_teacher_model import CombinerContext, combiner_class
 from model import ModelOutput
@@ -40,8 +40,8 @@ class TapRelation(GLMStudent):
     summed over the taps), so teachers of any width can be compared (and projections matter)."""
     name = "test_tap_relation"
 
-    def inter_loss(self, s_out, t_out, batch, step, t_no=0, keep_batch=False):
-        loss = sum(custom_mean((relation(s_out.taps[n]) - relation(t_out.taps[n])).pow(2), keep_batch=keep_batch)
+    def inter_loss(self, s_out, t_out, batch, step, t_no=0):
+        loss = sum(sample_mean((relation(s_out.taps[n]) - relation(t_out.taps[n])).pow(2))
                    for n in HIDDEN_TAPS)
         return loss, {"inter/relation": loss.detach().mean()}
 

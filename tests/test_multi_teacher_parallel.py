@@ -11,7 +11,7 @@ from torch import nn
 import mpu
 from dist_utils import assert_rel_close, run_distributed
 from distill import DistillBatch, DistillOptions, GLMStudent, StepInfo, TeacherInfo, build_multi_teacher
-from distill.losses import custom_mean
+from distill.losses import sample_mean
 from distill.multi_teacher_model import CombinerContext
 from model import ModelOutput
 
@@ -40,9 +40,9 @@ class TapRelation(GLMStudent):
     """Inter loss: MSE between the hidden taps' position relations x x^T / width (any widths)."""
     name = "test_parallel_relation"
 
-    def inter_loss(self, s_out, t_out, batch, step, t_no=0, keep_batch=False):
+    def inter_loss(self, s_out, t_out, batch, step, t_no=0):
         rel = lambda x: x @ x.transpose(-1, -2) / x.size(-1)
-        loss = sum(custom_mean((rel(s_out.taps[n]) - rel(t_out.taps[n])).pow(2), keep_batch=keep_batch)
+        loss = sum(sample_mean((rel(s_out.taps[n]) - rel(t_out.taps[n])).pow(2))
                    for n in HIDDEN_TAPS)
         return loss, {}
 

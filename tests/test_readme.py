@@ -118,10 +118,11 @@ def test_python_examples_run():
         teacher = GLMModel(tiny_config())
         ids, position, sep, target, loss_mask = blank_infilling_batch()
         step = StepInfo()
+        student.begin_step(step)
         s_out = student(ids, position, sep, taps=student.student_taps(step))
         t_out = teacher(ids, position, sep, taps=student.teacher_taps(0, step))
         loss, metrics = student.inter_loss(s_out, t_out, DistillBatch("pretrain"), step)
-        expected = (s_out.taps["output"] - t_out.taps["output"]).pow(2).mean()
+        expected = (s_out.taps["output"] - t_out.taps["output"]).pow(2).flatten(1).mean(1)   # per sample [B]
         torch.testing.assert_close(loss, expected)   # weight 1 by default
         assert set(metrics) == {"last_hidden/mse"}
         # ... and its option is a flag: offered, parsed, validated, refused for another method.
