@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import ModelOutput, glm_config_of
+from model import ModelOutput
 from mpu.mappings import ProcessGroup, all_reduce_no_grad, group_size
 
 from .distill_model import GLMStudent, StepInfo
@@ -137,7 +137,7 @@ def analysis_taps(student: GLMStudent, step: StepInfo, options: AnalysisOptions)
     lists when the analysis is off or the pass is not analysed."""
     if not options.active(step):
         return [], [[] for _ in student.teachers]
-    config = glm_config_of(student.model)
+    config = student.require_config()
     all_pairs = [analysis_pairs(config.num_layers, t.num_layers) for t in student.teachers]
     student_taps = list(dict.fromkeys(name for pairs in all_pairs
                                       for name in _taps(pairs, 0, config.num_layers, config.output_predict)))
@@ -159,7 +159,7 @@ def analysis_metrics(student: GLMStudent, step: StepInfo, s_out: ModelOutput, t_
     must carry the taps `analysis_taps` asked for."""
     if not options.active(step):
         return {}
-    config = glm_config_of(student.model)
+    config = student.require_config()
     teacher_layers = student.teachers[t_no].num_layers
     hidden, layers = analysis_pairs(config.num_layers, teacher_layers)
     prefix = "analysis_inter/" + (f"t{t_no}/" if len(student.teachers) > 1 else "")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from model import GLMConfig, ModelOutput, glm_model_of
 
-from .losses import non_pad_mask, sample_mean, soft_loss, zero_loss
+from .losses import fold_samples, non_pad_mask, sample_mean, soft_loss, zero_loss
 from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, restrict_columns
 from .options import option
 from .registry import Registry
@@ -315,7 +315,7 @@ class GLMStudent(nn.Module):
         if self.options.distill_logit_mask_pad:
             mask = non_pad_mask(s_out.taps["position_ids"]).reshape(s_logits.shape[:2])
         rows, metrics = self.logits_loss(s_logits, t_logits, mask=mask, mse=self.options.distill_logit_mse)
-        term = rows.view(s_out.logits.size(0), -1).mean(dim=1)            # [N*S] token rows -> [B]
+        term = fold_samples(rows, s_out.logits.size(0))                    # [N] model rows -> [B]
         metrics["inter/logits_parallel"] = term.detach().mean()
         return total + term, metrics
 
