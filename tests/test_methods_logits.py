@@ -17,9 +17,9 @@ from distill import (STUDENT_MODELS, AvgTeacher, AvgTeacherOptions, DistillBatch
                      StepInfo, TeacherInfo, build_student, register_student)
 from distill.analysis import (AnalysisOptions, analysis_metrics, analysis_pairs, analysis_taps, self_relation,
                               softened_kl)
-from distill.losses import custom_mean, soft_loss
+from distill.losses import sample_mean, soft_loss
 from distill.losses_logits import annealing_phi, continuation_loss, continuation_psi
-from distill.methods_logits import MixBaselineOptions, resolve_component
+from distill.methods.mixbaseline import MixBaselineOptions, resolve_component
 from glm_fixtures import blank_infilling_batch, tiny_config
 from model import GLMModel, ModelOutput
 from training.config import ArchConfig, TeacherConfig
@@ -64,9 +64,19 @@ def ref_kl(s, t, temperature):
     return F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="none").sum(-1)
 
 
-def with_step(student, iteration, total):
-    student.student_taps(StepInfo(iteration=iteration, train_iters=total))
-    return student
+def at(iteration, total):
+    """The StepInfo of iteration `iteration` of `total`."""
+    return StepInfo(iteration=iteration, train_iters=total)
+
+
+def assert_pure_getters(student, step):
+    """The taps/interventions getters are pure queries: equal answers twice, no state change."""
+    state = student.method_state()
+    first = (student.student_taps(step), student.teacher_taps(0, step), list(student.student_interventions(step)),
+             list(student.teacher_interventions(0, step)))
+    second = (student.student_taps(step), student.teacher_taps(0, step), list(student.student_interventions(step)),
+              list(student.teacher_interventions(0, step)))
+    assert first == second and student.method_state() == state, student.name
 
 
 # --------------------------------------------------------------------------- options
@@ -113,25 +123,30 @@ def test_annealing_kd_matches_the_annealed_mse():
     s, t = (torch.randn(B, C, generator=gen) * 3).requires_grad_(), torch.randn(B, C, generator=gen) * 3
     options = DistillOptions(distill_ft_soft=True, distill_ft_soft_mse=True, distill_ft_hard=True,
                              distill_hard_rate=0.5)
-    student = with_step(build_student("annealing_kd", nn.Identity(), options, method_options={
-        "annealing_kd_max_t": 7.0}), 10, 35)                             # t = 5, phi = 1 - 4/7 = 3/7
-    loss, metrics = student.pre_loss(s, t, torch.tensor(2.0), DistillBatch("finetune"))
-    close(loss, F.mse_loss(s, 3 / 7 * t) + 0.5 * 2.0, "ft MSE(z_s, phi z_t) + hard")
+    student = build_student("annealing_kd", nn.Identity(), options, method_options={"annealing_kd_max_t": 7.0})
+    loss, metrics = student.pre_loss(s, t, torch.tensor(2.0), DistillBatch("finetune"),
+                                     at(10, 35))                         # t = 5, phi = 1 - 4/7 = 3/7
+    assert loss.shape == (B,)
+    close(loss.mean(), F.mse_loss(s, 3 / 7 * t) + 0.5 * 2.0, "ft MSE(z_s, phi z_t) + hard")
     assert metrics["annealing/phi"].item() == pytest.approx(3 / 7)
-    # Token level (pretraining): the Part-B mask, mean over all rows (masked ones included).
+    # phi follows the step pre_loss receives, not one the getters saw.
+    assert_pure_getters(student, at(0, 35))
+    again, _ = student.pre_loss(s, t, torch.tensor(2.0), DistillBatch("finetune"), at(10, 35))
+    assert torch.equal(again, loss)
+    # Token level (pretraining): the Part-B mask, per sample the mean over its rows (masked ones included).
     inputs = token_inputs()
     options = DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True)
-    student = with_step(build_student("annealing_kd", nn.Identity(), options), 0, 35)   # phi = 1/7
-    loss, _ = student.pre_loss(inputs["s"], inputs["t"], inputs["hard"], token_batch(inputs), keep_batch=True)
+    student = build_student("annealing_kd", nn.Identity(), options)
+    loss, _ = student.pre_loss(inputs["s"], inputs["t"], inputs["hard"], token_batch(inputs), at(0, 35))  # phi = 1/7
     expected = (ref_row_mse(inputs["s"], inputs["t"], 1 / 7) * inputs["loss_mask"]).mean(1)
-    close(loss, expected, "pt masked MSE, keep_batch")
+    close(loss, expected, "pt masked MSE per sample")
 
 
 def test_annealing_kd_literal_and_warning():
-    student = with_step(build_student("annealing_kd", nn.Identity(), DistillOptions(
-        distill_ft_soft=True, distill_ft_soft_mse=True), method_options={"annealing_kd_max_t": 2.0}), 0, 4)
+    student = build_student("annealing_kd", nn.Identity(), DistillOptions(
+        distill_ft_soft=True, distill_ft_soft_mse=True), method_options={"annealing_kd_max_t": 2.0})
     teacher = torch.tensor([[math.log(3.0), 0.0]])
-    loss, _ = student.pre_loss(torch.zeros(1, 2), teacher, torch.tensor(0.0), DistillBatch("finetune"))
+    loss, _ = student.pre_loss(torch.zeros(1, 2), teacher, torch.tensor(0.0), DistillBatch("finetune"), at(0, 4))
     assert loss.item() == pytest.approx(0.1508686, abs=1e-7)          # ((0.5 ln 3)^2 + 0) / 2, phi = 1/2
     with pytest.warns(UserWarning, match="anneals only the MSE"):
         build_student("annealing_kd", nn.Identity(), DistillOptions(distill_ft_soft=True))
@@ -149,36 +164,40 @@ def test_continuation_kd_matches_the_reference():
     s = (0.4 * t + noise).requires_grad_()                                # row 0 close to phi * t
     options = DistillOptions(distill_ft_soft=True, distill_ft_soft_mse=True, distill_ft_hard=True,
                              distill_soft_rate=0.8)
-    student = with_step(build_student("continuation_kd", nn.Identity(), options, method_options=CONTINUATION),
-                        300, 1000)
-    phi, psi = 1 - (7 - 1) / 10, 300 / 1333                              # t = 7
+    student = build_student("continuation_kd", nn.Identity(), options, method_options=CONTINUATION)
+    phi, psi = 1 - (7 - 1) / 10, 300 / 1333                              # t = 7 at step 300 of 1000
     hard = torch.tensor(1.3)
-    per_sample, metrics = student.pre_loss(s, t, hard, DistillBatch("finetune"), keep_batch=True)
+    per_sample, metrics = student.pre_loss(s, t, hard, DistillBatch("finetune"), at(300, 1000))
     soft = 0.8 * ref_row_mse(s, t, phi)
     kept = (soft > 1.0 * phi).float()
     assert 0 < kept.sum() < B, "the case must keep some samples and drop others"
     close(per_sample, psi * hard + (1 - psi) * soft * kept, "per-sample loss")
-    loss, _ = student.pre_loss(s, t, hard, DistillBatch("finetune"))
-    close(loss, per_sample.mean(), "mean")
+    # A per-sample hard loss [B] counts for its own sample.
+    hards = torch.tensor([1.3, 0.2, 2.5])
+    per_hard, _ = student.pre_loss(s, t, hards, DistillBatch("finetune"), at(300, 1000))
+    close(per_hard, psi * hards + (1 - psi) * soft * kept, "per-sample hard loss")
     assert metrics["continuation/psi"].item() == pytest.approx(psi)
     assert metrics["continuation/kept"].item() == pytest.approx(kept.mean().item())
+    # phi and psi follow the step pre_loss receives, not one the getters saw.
+    assert_pure_getters(student, at(999, 1000))
+    again, _ = student.pre_loss(s, t, hard, DistillBatch("finetune"), at(300, 1000))
+    assert torch.equal(again, per_sample)
     # After psi_sep only the hard loss remains.
-    late = with_step(student, 700, 1000)
-    loss, _ = late.pre_loss(s, t, hard, DistillBatch("finetune"))
-    close(loss, hard, "hard only after psi_sep")
+    loss, _ = student.pre_loss(s, t, hard, DistillBatch("finetune"), at(700, 1000))
+    close(loss, hard.expand(B), "hard only after psi_sep")
 
 
 def test_continuation_kd_token_level():
     inputs = token_inputs()
     options = DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True, distill_pt_hard=True)
-    student = with_step(build_student("continuation_kd", nn.Identity(), options, method_options=dict(
-        CONTINUATION, continuation_kd_margin=4.0)), 100, 1000)          # phi = 1/10 + ..., psi = 0.075
-    phi, psi = annealing_phi(100, 1000, 10.0), 100 / 1333
-    loss, _ = student.pre_loss(inputs["s"], inputs["t"], inputs["hard"], token_batch(inputs))
+    student = build_student("continuation_kd", nn.Identity(), options, method_options=dict(
+        CONTINUATION, continuation_kd_margin=4.0))
+    phi, psi = annealing_phi(100, 1000, 10.0), 100 / 1333               # phi = 1/10 + ..., psi = 0.075
+    loss, _ = student.pre_loss(inputs["s"], inputs["t"], inputs["hard"], token_batch(inputs), at(100, 1000))
     soft = (ref_row_mse(inputs["s"], inputs["t"], phi) * inputs["loss_mask"]).mean(1)
     kept = (soft > 4.0 * phi).float()
     assert kept.tolist() == [1.0, 0.0, 1.0]
-    close(loss, (psi * inputs["hard"] + (1 - psi) * soft * kept).mean(), "token-level per-sample hinge")
+    close(loss, psi * inputs["hard"] + (1 - psi) * soft * kept, "token-level per-sample hinge")
 
 
 # --------------------------------------------------------------------------- MixBaseline
@@ -190,7 +209,7 @@ class ProbeOptions:
 
 class Probe(GLMStudent):
     """Test component: taps `output`; inter = w * MSE(fit(h_s), h_t); pre = w * soft CE at its own
-    temperature + hard (its own pre_loss); counts its tap requests (its method state)."""
+    temperature + hard (its own pre_loss), both per sample; counts the steps it began (its method state)."""
     name = "test_mix_probe"
     options_class = ProbeOptions
 
@@ -200,8 +219,10 @@ class Probe(GLMStudent):
         self.fit = nn.Linear(config.hidden_size if config else H_S, teachers[0].hidden_size if teachers else H_T)
         self.calls = 0
 
-    def student_taps(self, step):
+    def begin_step(self, step):
         self.calls += 1
+
+    def student_taps(self, step):
         return ["output"]
 
     def teacher_taps(self, t_no, step):
@@ -210,15 +231,15 @@ class Probe(GLMStudent):
     def student_interventions(self, step):
         return {"layers.0.layernorm_output": lambda x: x}
 
-    def inter_loss(self, s_out, t_out, batch, step, t_no=0, keep_batch=False):
-        loss = self.method_options.test_mix_probe_weight * custom_mean(
-            (self.fit(s_out.taps["output"]) - t_out.taps["output"]).pow(2), keep_batch=keep_batch)
+    def inter_loss(self, s_out, t_out, batch, step, t_no=0):
+        loss = self.method_options.test_mix_probe_weight * sample_mean(
+            (self.fit(s_out.taps["output"]) - t_out.taps["output"]).pow(2))                # [B]
         return loss, {"inter/probe": loss.detach().mean()}
 
-    def pre_loss(self, s_logits, t_logits, hard_loss, batch, t_no=0, keep_batch=False, mse_t_w=1.0):
+    def pre_loss(self, s_logits, t_logits, hard_loss, batch, step=StepInfo(), t_no=0, mse_t_w=1.0):
         rows = soft_loss("ce", s_logits, t_logits, vocab_parallel=batch.token_level,
                          temperature=self.options.distill_temperature)
-        soft = self.method_options.test_mix_probe_weight * custom_mean(rows, keep_batch=keep_batch)
+        soft = self.method_options.test_mix_probe_weight * sample_mean(rows)                # [B]
         return soft + hard_loss, {"kd/soft": soft.detach().mean(), "kd/hard": hard_loss.detach().mean()}
 
     def method_state(self):
@@ -277,10 +298,23 @@ def test_mixbaseline_golden_finetune_and_pretrain():
                                                                    StepInfo())
         kd = 4.0 * (ref_kl(s, t, 2.0) * inputs["loss_mask"]).mean() + hard
         close(loss, 0.7 * ref_ce(s, t, 3.0).mean() + kd + inter, "pt: probe (no hard) + kd (with hard) + inter")
-        # keep_batch: per-sample vectors all the way through.
-        per_sample, _ = mix.pre_loss(s, t, hard.expand(B), batch, keep_batch=True)
-        close(per_sample, (ref_ce(s, t, 2.0) * inputs["loss_mask"]).mean(1) + 0.7 * ref_ce(s, t, 3.0).mean(1) + hard,
-              "keep_batch")
+        # Per-sample vectors all the way through, with a scalar or a per-sample hard loss.
+        expected = (ref_ce(s, t, 2.0) * inputs["loss_mask"]).mean(1) + 0.7 * ref_ce(s, t, 3.0).mean(1) + hard
+        for hard_loss in (hard, hard.expand(B)):
+            per_sample, _ = mix.pre_loss(s, t, hard_loss, batch)
+            close(per_sample, expected, "per sample")
+
+
+def test_mixbaseline_passes_the_step_to_its_components():
+    # A scheduled component (Annealing-KD: phi at step 10 of 35 is 3/7) takes the step MixBaseline's pre_loss gets.
+    inputs = token_inputs()
+    options = DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True, distill_pt_hard=True)
+    mix = build_student("mixbaseline", nn.Identity(), options,
+                        method_options={"mixbaseline_pre_bl_pt_soft": "annealing_kd", "annealing_kd_max_t": 7.0})
+    loss, metrics = mix.pre_loss(inputs["s"], inputs["t"], inputs["hard"], token_batch(inputs), at(10, 35))
+    expected = (ref_row_mse(inputs["s"], inputs["t"], 3 / 7) * inputs["loss_mask"]).mean(1) + inputs["hard"]
+    close(loss, expected, "annealed MSE at the given step + hard")
+    assert metrics["annealing_kd/annealing/phi"].item() == pytest.approx(3 / 7)
 
 
 def test_mixbaseline_requests_state_and_checkpoint():
@@ -289,15 +323,18 @@ def test_mixbaseline_requests_state_and_checkpoint():
     with registered(Probe, twin):
         mix = build_mix(DistillOptions(), inputs, mixbaseline_inter_bl="test_mix_probe,kd")
         step = StepInfo(iteration=4)
+        mix.begin_step(step)
         assert mix.student_taps(step) == ["output"] and mix.teacher_taps(0, step) == ["output"]
         assert list(mix.student_interventions(step)) == ["layers.0.layernorm_output"]
         assert mix.method_state() == {"test_mix_probe": {"calls": 1}}
-        # --mixbaseline_wo_inter: nothing requested, but the components are still asked (schedules advance).
+        assert_pure_getters(mix, step)
+        # --mixbaseline_wo_inter: nothing requested, but the components still begin every step (schedules advance).
         quiet = build_mix(DistillOptions(), inputs, mixbaseline_inter_bl="test_mix_probe", mixbaseline_wo_inter=True)
+        quiet.begin_step(step)
         assert quiet.student_taps(step) == [] and quiet.student_interventions(step) == {}
         assert quiet.method_state() == {"test_mix_probe": {"calls": 1}}
         s_out, t_out = mix_outputs(inputs)
-        assert quiet.inter_loss(s_out, t_out, token_batch(inputs), step)[0].item() == 0.0
+        assert quiet.inter_loss(s_out, t_out, token_batch(inputs), step)[0].tolist() == [0.0] * B
         # Two components intervening on the same tensor cannot be combined.
         clash = build_mix(DistillOptions(), inputs, mixbaseline_inter_bl="test_mix_probe,test_mix_twin")
         with pytest.raises(ValueError, match="both intervene"):
@@ -305,8 +342,8 @@ def test_mixbaseline_requests_state_and_checkpoint():
         # Method state round trip: a restored MixBaseline continues identically.
         fresh = build_mix(DistillOptions(), inputs, mixbaseline_inter_bl="test_mix_probe,kd")
         fresh.load_method_state(mix.method_state())
-        fresh.student_taps(step)
-        mix.student_taps(step)
+        fresh.begin_step(step)
+        mix.begin_step(step)
         assert fresh.method_state() == mix.method_state() == {"test_mix_probe": {"calls": 2}}
         with pytest.raises(ValueError, match="not components"):
             fresh.load_method_state({"tinybert": {}})
@@ -335,7 +372,8 @@ def test_mixbaseline_checkpointed_inter_loss_and_names():
         for mix in (plain, ckpt):
             s_out, t_out = mix_outputs(inputs)
             loss, _ = mix.inter_loss(s_out, t_out, token_batch(inputs), StepInfo())
-            loss.backward()
+            assert loss.shape == (B,)
+            loss.mean().backward()
             results.append((loss.detach(), s_out.taps["output"].grad, mix.components["test_mix_probe"].fit.weight.grad))
         for plain_value, checkpointed in zip(*results):   # recomputation repeats the same fp32 ops
             close(checkpointed, plain_value, "activation-checkpointed component loss")
@@ -389,18 +427,17 @@ def test_fully_padded_rows_give_no_nan():
     poisoned[1, :, 0], poisoned[1, :, 1] = float("inf"), float("nan")   # row 1 is fully padded
     hard = inputs["hard"]
     students = [
-        with_step(build_student("annealing_kd", nn.Identity(), DistillOptions(
-            distill_pt_soft=True, distill_pt_soft_mse=True)), 3, 10),
-        with_step(build_student("continuation_kd", nn.Identity(), DistillOptions(
-            distill_pt_soft=True, distill_pt_soft_mse=True, distill_pt_hard=True), method_options=CONTINUATION), 3, 10),
+        build_student("annealing_kd", nn.Identity(), DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True)),
+        build_student("continuation_kd", nn.Identity(), DistillOptions(
+            distill_pt_soft=True, distill_pt_soft_mse=True, distill_pt_hard=True), method_options=CONTINUATION),
         build_student("mixbaseline", nn.Identity(), DistillOptions(distill_pt_soft=True), method_options={
             "mixbaseline_pre_bl_pt_soft": "kd"})]
     for student in students:
         s = poisoned.clone().requires_grad_()
-        loss, _ = student.pre_loss(s, inputs["t"], hard, token_batch(inputs))
-        clean, _ = student.pre_loss(inputs["s"], inputs["t"], hard, token_batch(inputs))
+        loss, _ = student.pre_loss(s, inputs["t"], hard, token_batch(inputs), at(3, 10))
+        clean, _ = student.pre_loss(inputs["s"], inputs["t"], hard, token_batch(inputs), at(3, 10))
         close(loss, clean, f"{student.name}: the padded row adds 0")
-        loss.backward()
+        loss.mean().backward()
         assert torch.isfinite(s.grad).all() and s.grad[1].abs().sum() == 0, student.name
 
 
@@ -425,6 +462,7 @@ def test_readme_mixture_pt_is_the_sum_of_its_methods():
     mix = build_student("mixbaseline", student_glm, options, teachers, README_PT)
     ids, position, sep, target, loss_mask = blank_infilling_batch()
     step = StepInfo(iteration=0, train_iters=10)
+    mix.begin_step(step)
     s_out = mix(ids, position, sep, taps=mix.student_taps(step), interventions=mix.student_interventions(step))
     with torch.no_grad():
         t_out = teacher_glm(ids, position, sep, taps=mix.teacher_taps(0, step))
@@ -436,9 +474,10 @@ def test_readme_mixture_pt_is_the_sum_of_its_methods():
         alone = build_student(name, student_glm, options, teachers, README_PT)
         alone.load_state_dict({k.replace(f"components.{name}.student.", ""): v for k, v in mix.state_dict().items()
                                if k.startswith(f"student.components.{name}.") or not k.startswith("student.")})
-        expected = expected + alone.inter_loss(s_out, t_out, batch, step)[0]
+        alone.begin_step(step)
+        expected = expected + alone.inter_loss(s_out, t_out, batch, step)[0].mean()
     expected = expected + build_student("distilbert", student_glm, options, teachers, README_PT).pre_loss(
-        s_out.logits, t_out.logits, hard, batch)[0]
+        s_out.logits, t_out.logits, hard, batch, step)[0].mean()
     close(total, expected, "pt mixture = sum of the methods' inter losses + DistilBERT's pre-loss")
     assert {"tinybert/inter/hidden", "distilbert/kd/hard"} <= set(metrics)
 
@@ -454,10 +493,11 @@ def test_readme_mixture_ft2_golden():
                         DistillOptions(distill_ft_soft=True, distill_ft_hard=True, distill_temperature=10.0),
                         [TeacherInfo(4, 48, 4)], dict(mixbaseline_wo_inter=True, tinybert_wo_inter=True,
                                                       mixbaseline_tinybert_t=1.0, mixbaseline_pre_bl_ft_soft="TinyBERT"))
+    mix.begin_step(StepInfo())
     assert mix.student_taps(StepInfo()) == []
     assert not any(n.startswith("components") for n, _ in mix.named_parameters())   # no fit_dense without inter
     loss, _ = mix.pre_loss(s, t, torch.tensor(hard), DistillBatch("finetune"))
-    close(loss, ref_ce(s, t, 10.0).mean() + ref_ce(s, t, 1.0).mean() + hard, "ft2 golden")
+    close(loss.mean(), ref_ce(s, t, 10.0).mean() + ref_ce(s, t, 1.0).mean() + hard, "ft2 golden")
 
 
 # --------------------------------------------------------------------------- short runs
@@ -584,14 +624,14 @@ def _all_losses(inputs, shard):
     results = []
     batch = token_batch(inputs)
     cases = [
-        ("annealing_kd", DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True), {}, True),
+        ("annealing_kd", DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True), {}),
         ("continuation_kd", DistillOptions(distill_pt_soft=True, distill_pt_soft_mse=True, distill_pt_hard=True),
-         dict(CONTINUATION, continuation_kd_margin=4.0), True),
+         dict(CONTINUATION, continuation_kd_margin=4.0)),
     ]
-    for name, options, method_options, keep_batch in cases:
+    for name, options, method_options in cases:
         s = shard(inputs["s"]).requires_grad_()
-        student = with_step(build_student(name, nn.Identity(), options, method_options=method_options), 100, 1000)
-        loss, _ = student.pre_loss(s, shard(inputs["t"]), inputs["hard"], batch, keep_batch=keep_batch)
+        student = build_student(name, nn.Identity(), options, method_options=method_options)
+        loss, _ = student.pre_loss(s, shard(inputs["t"]), inputs["hard"], batch, at(100, 1000))   # [B]
         loss.sum().backward()
         results.append((name, loss.detach(), s.grad))
     with registered(Probe):

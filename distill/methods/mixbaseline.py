@@ -1,9 +1,7 @@
-"""Logits-only methods (Annealing-KD, Continuation-KD) and MixBaseline, the mixture of methods.
+"""MixBaseline: several registered methods at once, sharing one student model.
 
-Annealing-KD and Continuation-KD change only the prediction-layer loss, whose
-teacher weight and hard-loss weight follow the training progress. `pre_loss` receives no
-StepInfo, so both record the step the trainer passes to `student_taps` (called once per
-forward pass, before the losses of that pass); before any call they behave as at step 0.
+Its components are found through the registry (`STUDENT_MODELS`), by registry or class
+name, so this file imports no other method.
 """
 import math
 import warnings
@@ -16,141 +14,11 @@ from torch.utils.checkpoint import checkpoint
 
 from model import ModelOutput
 
-from .distill_model import (STUDENT_MODELS, DistillBatch, DistillOptions, GLMStudent, Metrics, StepInfo,
-                            TeacherInfo, method_options_for, register_student)
-from .losses import zero_loss
-from .losses_logits import annealing_phi, continuation_loss, continuation_psi
-from .options import option
+from ..distill_model import (STUDENT_MODELS, DistillBatch, DistillOptions, GLMStudent, Metrics, StepInfo,
+                             TeacherInfo, method_options_for, register_student)
+from ..losses import zero_loss
+from ..options import option
 
-
-def _uses_soft_mse(options: DistillOptions) -> bool:
-    return (options.distill_ft_soft and options.distill_ft_soft_mse) or (
-        options.distill_pt_soft and options.distill_pt_soft_mse)
-
-
-# --------------------------------------------------------------------------- Annealing-KD
-@dataclass(frozen=True)
-class AnnealingKDOptions:
-    """annealing_kd_max_t: T_max, the number of annealing segments (phi starts at 1/T_max)."""
-    annealing_kd_max_t: float = option(7.0, "Maximum annealing temperature.")
-
-    def __post_init__(self):
-        annealing_phi(0, 1, self.annealing_kd_max_t)   # validates max_t
-
-
-@register_student
-class AnnealingKD(GLMStudent):
-    """Annealing-KD (Jafari et al. 2021, "Annealing Knowledge Distillation", EACL).
-
-    The soft MSE is taken against an annealed teacher: pre_loss(mse_t_w = phi), i.e.
-    MSE(z_s, phi * z_t) with --distill_ft_soft --distill_ft_soft_mse, where phi rises from
-    1/T_max to 1 over training (`annealing_phi`). No taps, no inter loss. The CE/KL soft
-    variants ignore phi (as in the original), hence a warning without an MSE soft term.
-
-    Differences from the original: the fine-tuning MSE applies the loss mask (the base's fix
-    of the `maks=` typo; changes numbers only for token-level fine-tuning tasks,
-    not for cloze task logits, which have no mask); phi is exact at segment boundaries
-    (see `annealing_phi`; changes phi by one segment at a few iterations).
-    """
-    name = "annealing_kd"
-    options_class = AnnealingKDOptions
-
-    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
-                 method_options: Optional[AnnealingKDOptions] = None):
-        super().__init__(model, options, teachers, method_options)
-        self._step = StepInfo()
-        if not _uses_soft_mse(options):
-            warnings.warn("annealing_kd anneals only the MSE soft loss: without --distill_ft_soft "
-                          "--distill_ft_soft_mse (or the pt pair) it is plain KD", stacklevel=2)
-
-    def student_taps(self, step: StepInfo) -> List[str]:
-        self._step = step
-        return []
-
-    def phi(self) -> float:
-        return annealing_phi(self._step.iteration, self._step.train_iters, self.method_options.annealing_kd_max_t)
-
-    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
-                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        phi = self.phi()
-        loss, metrics = super().pre_loss(s_logits, t_logits, hard_loss, batch, t_no, keep_batch, mse_t_w * phi)
-        metrics["annealing/phi"] = torch.tensor(phi)
-        return loss, metrics
-
-
-# --------------------------------------------------------------------------- Continuation-KD
-@dataclass(frozen=True)
-class ContinuationKDOptions:
-    """max_t: T_max of phi (as Annealing-KD); margin: the soft-loss hinge margin * phi;
-    psi_sep: fraction of training after which psi = 1; psi_denominator: psi = it /
-    (psi_denominator * T_total) before that."""
-    continuation_kd_max_t: float = option(10.0, "Maximum annealing temperature.")
-    continuation_kd_margin: float = option(1.0, "Margin of the hinge on the soft loss.")
-    continuation_kd_psi_sep: float = option(0.666, "Fraction of training after which only the hard loss is used.")
-    continuation_kd_psi_denominator: float = option(1.333, "Denominator of the hard-loss weight schedule.")
-
-    def __post_init__(self):
-        annealing_phi(0, 1, self.continuation_kd_max_t)
-        continuation_psi(0, 1, self.continuation_kd_psi_sep, self.continuation_kd_psi_denominator)
-        for name in ("continuation_kd_margin", "continuation_kd_psi_sep"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-
-
-@register_student
-class ContinuationKD(GLMStudent):
-    """Continuation-KD (Jafari et al. 2022, "Continuation KD: Improved Knowledge Distillation
-    through the Lens of Continuation Optimization", Findings of EMNLP).
-
-    pre_loss = mean_b(psi * hard + (1 - psi) * soft_b * [soft_b > margin * phi]) with
-    soft_b = r_soft * MSE(z_s, phi * z_t) per sample (--distill_ft_soft --distill_ft_soft_mse;
-    the other soft variants ignore phi), hard = r_hard * L_hard (--distill_ft_hard), phi as in
-    Annealing-KD and psi from `continuation_psi` (`continuation_loss`). A disabled term is 0.
-    No taps, no inter loss. With keep_batch the [B] vector before the mean.
-
-    Differences from the original: the fine-tuning MSE applies the loss mask (only
-    token-level fine-tuning tasks change); phi is exact at segment boundaries; psi is capped
-    at 1 (it only exceeds 1 when psi_denominator < psi_sep, a configuration the original
-    would turn into a negative soft weight).
-    """
-    name = "continuation_kd"
-    options_class = ContinuationKDOptions
-
-    def __init__(self, model: nn.Module, options: DistillOptions, teachers: Sequence[TeacherInfo] = (),
-                 method_options: Optional[ContinuationKDOptions] = None):
-        super().__init__(model, options, teachers, method_options)
-        self._step = StepInfo()
-
-    def student_taps(self, step: StepInfo) -> List[str]:
-        self._step = step
-        return []
-
-    def schedule(self) -> Tuple[float, float]:
-        """(phi, psi) at the recorded step."""
-        opts, step = self.method_options, self._step
-        return (annealing_phi(step.iteration, step.train_iters, opts.continuation_kd_max_t),
-                continuation_psi(step.iteration, step.train_iters, opts.continuation_kd_psi_sep,
-                                 opts.continuation_kd_psi_denominator))
-
-    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
-                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        options, finetune = self.options, batch.finetune
-        phi, psi = self.schedule()
-        soft = zero_loss(s_logits, (s_logits.size(0),))                                   # [B]
-        hard = zero_loss(s_logits, ())
-        if (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate:
-            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, True, mse_t_w * phi)
-        if (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate:
-            hard = options.distill_hard_rate * hard_loss.float()
-        per_sample = continuation_loss(soft, hard, psi=psi, phi=phi,
-                                       margin=self.method_options.continuation_kd_margin)   # [B]
-        kept = (soft.detach() > self.method_options.continuation_kd_margin * phi).float().mean()
-        metrics = {"kd/soft": soft.detach().mean(), "kd/hard": hard.detach().mean(), "continuation/phi":
-                   torch.tensor(phi), "continuation/psi": torch.tensor(psi), "continuation/kept": kept}
-        return (per_sample if keep_batch else per_sample.mean()), metrics
-
-
-# --------------------------------------------------------------------------- MixBaseline
 # Base-class terms a component must not add again (the wrapper adds them once); only those
 # DistillOptions actually has are switched off in the components.
 _ONCE_ONLY_OPTIONS = ("distill_logits_parallel",)
@@ -237,12 +105,13 @@ class MixBaseline(GLMStudent):
     nested in this one's). Each gets this run's DistillOptions with its own temperature where
     `mixbaseline_<name>_t` exists, and its own typed options from the flags.
 
+    * begin_step: passed on to every component (also with --mixbaseline_wo_inter, so their
+      schedules advance).
     * taps / interventions: the union over all components (none with
-      --mixbaseline_wo_inter; the components are still asked every step, so their schedules
-      advance); two components intervening on the same name raise.
-    * inter_loss: the base term once + sum of the inter_bl components' inter losses (each
+      --mixbaseline_wo_inter); two components intervening on the same name raise.
+    * inter_loss [B]: the base term once + sum of the inter_bl components' inter losses (each
       optionally under activation checkpointing, --mixbaseline_inter_checkpoint).
-    * pre_loss: fine-tuning: the base KD pre-loss + each pre_bl_ft_soft component's;
+    * pre_loss [B]: fine-tuning: the base KD pre-loss + each pre_bl_ft_soft component's;
       pretraining: only the pre_bl_pt_soft components'. The hard loss goes to the last of
       these terms only (the others get a zero hard loss), so it counts once.
     * forward: a component's own forward if exactly one overrides it.
@@ -303,9 +172,17 @@ class MixBaseline(GLMStudent):
             component.bind_teachers(modules)
 
     # ------------------------------------------------------------------ per-step requests
+    def begin_step(self, step: StepInfo) -> None:
+        """Every component begins the step (their random draws, their schedules)."""
+        super().begin_step(step)
+        for component in self.components.values():
+            component.begin_step(step)
+
     def _requests(self, ask: Callable[[GLMStudent], object]) -> list:
-        answers = [(name, ask(c)) for name, c in self.components.items()]   # always asked
-        return [] if self.method_options.mixbaseline_wo_inter else answers
+        """[(component name, its answer)] of every component; none with --mixbaseline_wo_inter."""
+        if self.method_options.mixbaseline_wo_inter:
+            return []
+        return [(name, ask(c)) for name, c in self.components.items()]
 
     def student_taps(self, step: StepInfo) -> List[str]:
         return _union([taps for _, taps in self._requests(lambda c: c.student_taps(step))])
@@ -326,34 +203,33 @@ class MixBaseline(GLMStudent):
 
     # ------------------------------------------------------------------ losses
     def inter_loss(self, s_out: ModelOutput, t_out: ModelOutput, batch: DistillBatch, step: StepInfo,
-                   t_no: int = 0, keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
-        total, metrics = super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+                   t_no: int = 0) -> Tuple[Tensor, Metrics]:
+        total, metrics = super().inter_loss(s_out, t_out, batch, step, t_no)                # [B]
         if self.method_options.mixbaseline_wo_inter:
             return total, metrics
         for name in self.inter_names:
             component = self.components[name]
             if self.method_options.mixbaseline_inter_checkpoint and torch.is_grad_enabled():
-                loss, terms = checkpoint(component.inter_loss, s_out, t_out, batch, step, t_no, keep_batch,
+                loss, terms = checkpoint(component.inter_loss, s_out, t_out, batch, step, t_no,
                                          use_reentrant=False)
             else:
-                loss, terms = component.inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+                loss, terms = component.inter_loss(s_out, t_out, batch, step, t_no)
             total = total + loss
             metrics.update({f"{name}/{tag}": value for tag, value in terms.items()})
         return total, metrics
 
-    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch, t_no: int = 0,
-                 keep_batch: bool = False, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
+    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch,
+                 step: StepInfo = StepInfo(), t_no: int = 0, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
         terms = ((None,) if batch.finetune else ()) + self.pre_names[batch.stage]   # None: the base KD term
-        total = zero_loss(s_logits, (s_logits.size(0),) if keep_batch else ())
+        total = zero_loss(s_logits, (s_logits.size(0),))                                    # [B]
         metrics: Metrics = {}
         for index, name in enumerate(terms):
             carries_hard = index == len(terms) - 1
             hard = hard_loss if carries_hard else torch.zeros_like(hard_loss)
             if name is None:
-                loss, values = super().pre_loss(s_logits, t_logits, hard, batch, t_no, keep_batch, mse_t_w)
+                loss, values = super().pre_loss(s_logits, t_logits, hard, batch, step, t_no, mse_t_w)
             else:
-                loss, values = self.components[name].pre_loss(s_logits, t_logits, hard, batch, t_no, keep_batch,
-                                                               mse_t_w)
+                loss, values = self.components[name].pre_loss(s_logits, t_logits, hard, batch, step, t_no, mse_t_w)
             if not carries_hard:
                 values.pop("kd/hard", None)
             total = total + loss
