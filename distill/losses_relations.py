@@ -5,8 +5,8 @@ Conventions. Hidden states are `[N, S, D]` rows (N = B in pretraining, the B*C c
 rows in cloze fine-tuning), computed in fp32; `mask` [N, S] (bool or 0/1) marks non-pad tokens.
 Student and teacher widths may differ unless said otherwise. Where the original divides a
 batch-wide sum by a batch-wide count (MGSKD, CKD), the functions return per-row *shares* [N]:
-row n's part of the sum times N / count, so that `.mean()` is the original scalar and the rows
-can be kept (`keep_batch`). Teacher-side relations carry no gradient where the original
+row n's part of the sum times N / count, so that `.mean()` is the original scalar (the methods
+fold the rows into their per-sample losses). Teacher-side relations carry no gradient where the original
 computed them under `no_grad` (MGSKD, CKD). No function produces NaN on fully masked rows.
 """
 import math

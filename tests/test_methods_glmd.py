@@ -2,7 +2,8 @@
 the hinge, teacher_min, MSE) against an independent full-vocabulary reference in plain torch
 written the original's way (logits multiplied by the masks), a literal value, fully padded rows,
 the options table, a short training run, and one MP=2 spawn (vocabulary split in two)
-comparing every loss and gradient with MP=1."""
+comparing every loss and gradient with MP=1. The method's loss is per sample ([B]); the references
+are the original's batch means, compared with its mean (and per sample where the cloze rows fold)."""
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from dist_utils import assert_rel_close, run_distributed
 from distill import STUDENT_MODELS, AvgTeacher, AvgTeacherOptions, DistillBatch, DistillOptions, StepInfo, TeacherInfo
 from distill import build_student
 from distill.losses_glmd import logits_distillation_loss
-from distill.methods_glmd import LogitsDistilOptions
+from distill.methods.logitsdistil import LogitsDistilOptions
 from model import ModelOutput
 from training.config import ArchConfig, TeacherConfig
 from training.teachers import Teacher
@@ -96,17 +97,19 @@ def _batch(stage, inputs):
     return DistillBatch("finetune", logit_mask=inputs["answers"].reshape(B, C, S), labels=torch.tensor([0, 2]))
 
 
-def _method_loss(stage, method_options, temperature, inputs, shard, keep_batch=False):
-    """(loss, student-logit gradient) of the method's inter_loss on logits sharded by `shard`."""
+def _method_loss(stage, method_options, temperature, inputs, shard):
+    """(per-sample loss [B], student-logit gradient of its mean) of the method's inter_loss on
+    logits sharded by `shard` (B = 6 pretraining rows, or 2 cloze samples of C = 3 rows)."""
     student = build_student("logitsdistil", torch.nn.Identity(), DistillOptions(distill_temperature=temperature),
                             method_options=method_options)
     s = shard(inputs["s"]).requires_grad_()
     logits = s if stage == "pretrain" else torch.zeros(B, C)
     s_out = ModelOutput(logits, {"logits_parallel": s, "position_ids": inputs["position"]})
     t_out = ModelOutput(logits, {"logits_parallel": shard(inputs["t"])})
-    loss, metrics = student.inter_loss(s_out, t_out, _batch(stage, inputs), StepInfo(), keep_batch=keep_batch)
-    loss.sum().backward()
-    assert "inter/logits" in metrics
+    loss, metrics = student.inter_loss(s_out, t_out, _batch(stage, inputs), StepInfo())
+    assert loss.shape == (logits.size(0),) and loss.dtype == torch.float32
+    loss.mean().backward()
+    assert "inter/logits" in metrics and metrics["inter/logits"].shape == ()
     return loss.detach(), s.grad
 
 
@@ -124,30 +127,32 @@ def test_method_matches_the_reference(case):
     label, stage, method_options, temperature, _, _ = case
     loss, grad = _method_loss(stage, method_options, temperature, inputs, lambda x: x.clone())
     ref, ref_grad = _reference(case, inputs)
-    assert_rel_close(loss, ref, RTOL, f"{label}: loss")
+    assert_rel_close(loss.mean(), ref, RTOL, f"{label}: loss")
     assert_rel_close(grad, ref_grad, RTOL, f"{label}: grad")
 
 
-def test_hinge_is_active_and_keep_batch_folds_choices():
+def test_hinge_is_active_and_the_loss_folds_choices_per_sample():
     inputs = make_inputs()
     hinge_metrics = logits_distillation_loss(inputs["s"], inputs["t"], top_n=5)[1]
     assert hinge_metrics["logits/hinge"] > 0, "the top-n case must exercise the hinge"
-    per_sample, _ = _method_loss("finetune", dict(logitsdistil_mask_pad=True), 2.0, inputs, lambda x: x.clone(),
-                                 keep_batch=True)
-    scalar, _ = _method_loss("finetune", dict(logitsdistil_mask_pad=True), 2.0, inputs, lambda x: x.clone())
+    per_sample, _ = _method_loss("finetune", dict(logitsdistil_mask_pad=True), 2.0, inputs, lambda x: x.clone())
     assert per_sample.shape == (B,)
-    torch.testing.assert_close(per_sample.mean(), scalar, rtol=RTOL, atol=0)   # equal choices per sample
+    # Sample b: the reference over its C choice rows alone (rows b*C .. b*C + C-1).
+    pad = non_pad(inputs["position"])
+    expected = torch.stack([ref_loss(inputs["s"][b * C:(b + 1) * C], inputs["t"][b * C:(b + 1) * C],
+                                     pad[b * C:(b + 1) * C], 2.0) for b in range(B)])
+    assert_rel_close(per_sample, expected, RTOL, "per-sample folding of the choice rows")
 
 
 def test_literal_value():
     # p_t = (1/4, 3/4), p_s uniform: KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; one of two rows masked.
     s = torch.zeros(1, 2, 2)
     t = torch.tensor([[[0.0, math.log(3.0)], [5.0, -5.0]]])
-    loss, _ = logits_distillation_loss(s, t, mask=torch.tensor([[True, False]]))
+    loss, _ = logits_distillation_loss(s, t, mask=torch.tensor([[True, False]]))     # one row: [1]
     expected = (0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 2
-    torch.testing.assert_close(loss, torch.tensor(expected), rtol=1e-6, atol=0)   # fp32 of a 1e-1 value
+    torch.testing.assert_close(loss, torch.tensor([expected]), rtol=1e-6, atol=0)   # fp32 of a 1e-1 value
     mse, _ = logits_distillation_loss(s, t, mask=torch.tensor([[True, False]]), mse=True)
-    torch.testing.assert_close(mse, torch.tensor(math.log(3.0) ** 2 / 4), rtol=1e-6, atol=0)
+    torch.testing.assert_close(mse, torch.tensor([math.log(3.0) ** 2 / 4]), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[5] == "pad"], ids=lambda c: c[0])
@@ -159,7 +164,7 @@ def test_fully_padded_rows_give_no_nan(case):
     poisoned["s"][1, 1:, 0], poisoned["s"][1, 1:, 1] = float("inf"), float("nan")   # row 1: padding after col 0
     poisoned["t"][1, 1:, 2] = float("nan")
     loss, grad = _method_loss(stage, method_options, temperature, poisoned, lambda x: x.clone())
-    assert_rel_close(loss, clean, RTOL, "padded positions add 0")
+    assert_rel_close(loss, clean, RTOL, "padded positions add 0")   # every sample
     assert torch.isfinite(grad).all() and grad[1, 1:].abs().sum() == 0
 
 
@@ -205,7 +210,7 @@ def _mp2_worker(rank, world_size, inputs, expected):
     for case, (ref, ref_grad) in zip(CASES, expected):
         label, stage, method_options, temperature, _, _ = case
         loss, grad = _method_loss(stage, method_options, temperature, inputs, shard)
-        assert_rel_close(loss, ref, RTOL, f"{label}: loss at MP=2")
+        assert_rel_close(loss.mean(), ref, RTOL, f"{label}: loss at MP=2")
         assert_rel_close(grad, shard(ref_grad), RTOL, f"{label}: grad at MP=2")
     return True
 

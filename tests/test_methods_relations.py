@@ -1,8 +1,9 @@
-"""RAIL-KD, MGSKD, CKD, ALP-KD and Universal-KD (distill/methods_relations.py): each loss against
-a plain-torch reference written here from the methods' formulas on the full tapped tensors, a
-literal value per pure loss on a tiny tensor, MP=2 (gloo) against MP=1, fully padded rows,
-keep_batch on choice-expanded rows, short pretraining runs, and the RAIL-KD / MGSKD schedule
-state (resume reproduces the uninterrupted run)."""
+"""RAIL-KD, MGSKD, CKD, ALP-KD and Universal-KD (distill/methods/{rail_kd,mgskd,ckd,alp_kd,
+universal_kd}.py): each loss against a plain-torch reference written here from the methods'
+formulas on the full tapped tensors (per sample where a sample's value depends on its rows
+only), a literal value per pure loss on a tiny tensor, MP=2 (gloo) against MP=1, fully padded
+rows, per-sample losses on choice-expanded rows, pure taps getters, short pretraining runs,
+and the RAIL-KD / MGSKD schedule state (resume reproduces the uninterrupted run)."""
 import math
 import random
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 import mpu
 from dist_utils import assert_rel_close, run_distributed
-from distill import DistillBatch, DistillOptions, StepInfo, TeacherInfo, build_student
+from distill import AvgTeacher, AvgTeacherOptions, DistillBatch, DistillOptions, StepInfo, TeacherInfo, build_student
 from distill.layer_mapping import random_layers
 from distill.losses_relations import (alp_kd_loss, ckd_ltr_angle, ckd_ltr_dist, ckd_wr_angle, ckd_wr_dist,
                                       mgskd_sample_loss, mgskd_token_loss, normalized_squared_distance,
@@ -72,14 +73,22 @@ def build(key, seed=11, teacher_seed=7, student_config=(), **overrides):
     return student, teacher
 
 
-def run_inter(student, teacher, batch, step=StepInfo(), keep_batch=False):
+def run_models(student, teacher, batch, step=StepInfo()):
+    """(student output, teacher output, DistillBatch) of one pass, begun by `begin_step`."""
     ids, position, sep, target, loss_mask = batch
+    student.begin_step(step)
     s_out = student(ids, position, sep, taps=student.student_taps(step))
     with torch.no_grad():
         t_out = teacher(ids, position, sep, taps=student.teacher_taps(0, step))
     distill_batch = DistillBatch("pretrain", loss_mask=loss_mask, labels=target, position_ids=position,
                                  token_level=True)
-    loss, metrics = student.inter_loss(s_out, t_out, distill_batch, step, keep_batch=keep_batch)
+    return s_out, t_out, distill_batch
+
+
+def run_inter(student, teacher, batch, step=StepInfo()):
+    """(per-sample inter loss [B], metrics, student taps, teacher taps) of one pass."""
+    s_out, t_out, distill_batch = run_models(student, teacher, batch, step)
+    loss, metrics = student.inter_loss(s_out, t_out, distill_batch, step)
     return loss, metrics, s_out.taps, t_out.taps
 
 
@@ -232,21 +241,61 @@ def reference(key, student, s_taps, t_taps, batch):
     return ref_universal_kd(options["universal_kd_gamma"], student, s_taps, t_taps)
 
 
+def per_sample_reference(key, student, s_taps, t_taps, samples):
+    """[samples] references of the methods whose per-sample value depends on the sample's rows
+    only, from `reference`'s formulas on each sample's rows (its C choice rows in cloze): RAIL-KD
+    B x the sample's sum, ALP-KD and Universal-KD the mean over its rows. None for MGSKD and
+    CKD, whose row shares divide by batch-wide counts."""
+    options, _ = METHODS[key]
+    if key in ("mgskd", "ckd"):
+        return None
+    per = next(iter(s_taps.values())).size(0) // samples
+    values = []
+    for b in range(samples):
+        s_part = {name: x[b * per:(b + 1) * per] for name, x in s_taps.items()}
+        t_part = {name: x[b * per:(b + 1) * per] for name, x in t_taps.items()}
+        if key.startswith("rail_kd"):
+            values.append(samples * ref_rail_kd(student, s_part, t_part, options.get("rail_kd_inter_rate", 0.3334),
+                                                options.get("rail_kd_concatenated", False)))
+        elif key == "alp_kd":
+            values.append(ref_alp_kd(options["alp_kd_lambda"], s_part, t_part))
+        else:
+            values.append(ref_universal_kd(options["universal_kd_gamma"], student, s_part, t_part))
+    return torch.stack(values)
+
+
 # --------------------------------------------------------------------------- golden values
 @pytest.mark.parametrize("key", sorted(METHODS))
 def test_loss_matches_the_plain_torch_reference(key):
     student, teacher = build(key)
     batch = padded_batch()
-    loss, metrics, s_taps, t_taps = run_inter(student, teacher, batch)
-    expected = reference(key, student, {k: v.detach() for k, v in s_taps.items() if k != "position_ids"},
-                         t_taps, batch)
-    assert loss.shape == () and loss.item() > 0
-    assert_rel_close(loss, expected, RTOL, key)
-    assert metrics and all(not v.requires_grad for v in metrics.values())
-    rows, _, _, _ = run_inter(student, teacher, batch, keep_batch=True)
-    assert rows.shape == (3,)
-    # keep_batch rows: per-sample sums for RAIL-KD (its reduction is a sum), else their mean is the loss.
-    assert_rel_close(rows.sum() if key.startswith("rail_kd") else rows.mean(), loss, RTOL, f"{key} keep_batch")
+    s_out, t_out, distill_batch = run_models(student, teacher, batch)
+    loss, metrics = student.inter_loss(s_out, t_out, distill_batch, StepInfo())
+    s_taps = {k: v.detach() for k, v in s_out.taps.items() if k != "position_ids"}
+    expected = reference(key, student, s_taps, t_out.taps, batch)
+    # Per sample [B]; the method's loss (RAIL-KD's batch sum, the others' batch means) is its mean.
+    assert loss.shape == (3,) and loss.dtype == torch.float32 and loss.mean().item() > 0
+    assert_rel_close(loss.mean(), expected, RTOL, key)
+    per_sample = per_sample_reference(key, student, s_taps, t_out.taps, 3)
+    if per_sample is not None:
+        assert_rel_close(loss, per_sample, RTOL, f"{key} per sample")
+    assert metrics and all(not v.requires_grad and v.shape == () for v in metrics.values())
+    # AvgTeacher (no prediction-layer term here) reduces the [B] vector by its mean: the same number.
+    total, _ = AvgTeacher(AvgTeacherOptions(), DistillOptions()).compute(
+        student, s_out, torch.tensor(0.0), [t_out], distill_batch, StepInfo())
+    assert_rel_close(total, expected, RTOL, f"{key} through AvgTeacher")
+
+
+@pytest.mark.parametrize("key", sorted(METHODS))
+def test_taps_getters_are_pure(key):
+    """After begin_step, the getters are queries: two calls agree and change no method state."""
+    student, _ = build(key)
+    step = StepInfo(epoch=2, iteration=5)
+    student.begin_step(step)
+    state = student.method_state()
+    first = (student.student_taps(step), student.teacher_taps(0, step))
+    assert (student.student_taps(step), student.teacher_taps(0, step)) == first
+    assert student.method_state() == state
 
 
 def test_ckd_fully_padded_row_matches_torch_1_9_semantics():
@@ -257,19 +306,17 @@ def test_ckd_fully_padded_row_matches_torch_1_9_semantics():
     loss, _, s_taps, t_taps = run_inter(student, teacher, batch)
     expected = ref_ckd(METHODS["ckd"][0], {k: v.detach() for k, v in s_taps.items()}, t_taps, keep_of(batch[1]))
     assert torch.isfinite(expected)
-    assert_rel_close(loss, expected, RTOL, "ckd with a fully padded row")
+    assert_rel_close(loss.mean(), expected, RTOL, "ckd with a fully padded row")
 
 
 @pytest.mark.parametrize("key", sorted(METHODS))
 def test_fully_padded_rows_give_no_nan(key):
     student, teacher = build(key)
-    for keep_batch in (False, True):
-        student.zero_grad(set_to_none=True)
-        loss, _, _, _ = run_inter(student, teacher, padded_batch(fully_padded_row=True), keep_batch=keep_batch)
-        loss.sum().backward()
-        assert torch.isfinite(loss).all(), key
-        for name, param in student.named_parameters():
-            assert param.grad is None or torch.isfinite(param.grad).all(), f"{key}: {name}"
+    loss, _, _, _ = run_inter(student, teacher, padded_batch(fully_padded_row=True))
+    loss.mean().backward()
+    assert loss.shape == (3,) and torch.isfinite(loss).all(), key
+    for name, param in student.named_parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), f"{key}: {name}"
 
 
 def test_literal_values():
@@ -332,12 +379,13 @@ def test_span_lengths():
 @pytest.mark.parametrize("key", ["mgskd", "ckd", "universal_kd", "rail_kd"])
 def test_cloze_rows_fold_back_to_samples(key):
     """Multi-choice fine-tuning: [B, C, S] inputs become B*C rows; the mask comes from the
-    flattened position ids; keep_batch gives one value per sample."""
+    flattened position ids; the loss has one value per sample."""
     student, teacher = build(key)
     ids, position, sep, target, loss_mask = padded_batch()
     cloze_s, cloze_t = GLMForMultiTokenCloze(student.model), GLMForMultiTokenCloze(teacher)
     student.model = cloze_s
     step = StepInfo()
+    student.begin_step(step)
     pairs = lambda x: torch.cat([x, x.flip(0)])[:4].reshape(2, 2, *x.shape[1:])   # B=2 samples x C=2 choices
     inputs = (pairs(ids), pairs(position), pairs(sep[:, None]).reshape(2, 2), pairs(target), pairs(loss_mask))
     s_out = student(*inputs, taps=student.student_taps(step))
@@ -345,12 +393,13 @@ def test_cloze_rows_fold_back_to_samples(key):
         t_out = cloze_t(*inputs, taps=student.teacher_taps(0, step))
     batch = DistillBatch("finetune", labels=torch.tensor([0, 1]))
     loss, _ = student.inter_loss(s_out, t_out, batch, step)
-    rows, _ = student.inter_loss(s_out, t_out, batch, step, keep_batch=True)
-    assert s_out.logits.shape == (2, 2) and rows.shape == (2,)
-    assert_rel_close(rows.sum() if key == "rail_kd" else rows.mean(), loss, RTOL, key)
+    assert s_out.logits.shape == (2, 2) and loss.shape == (2,)
     flat = {k: v.detach() for k, v in s_out.taps.items() if k != "position_ids"}
     expected = reference(key, student, flat, t_out.taps, (inputs[0].flatten(0, 1), inputs[1].flatten(0, 1)))
-    assert_rel_close(loss, expected, RTOL, f"{key} on choice rows")
+    assert_rel_close(loss.mean(), expected, RTOL, f"{key} on choice rows")
+    per_sample = per_sample_reference(key, student, flat, t_out.taps, 2)
+    if per_sample is not None:
+        assert_rel_close(loss, per_sample, RTOL, f"{key} per sample on choice rows")
 
 
 # --------------------------------------------------------------------------- short runs
@@ -363,6 +412,7 @@ def test_a_short_pretraining_run_decreases_the_loss(key):
     for _ in range(6):
         optimizer.zero_grad()
         loss, _, _, _ = run_inter(student, teacher, batch)
+        loss = loss.mean()
         loss.backward()
         if not losses:
             for name, param in student.named_parameters():
@@ -383,7 +433,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(key):
         student, teacher = build(key, student_config={"checkpoint_activations": checkpointing})
         assert student.supports_activation_checkpointing
         loss, _, _, _ = run_inter(student, teacher, padded_batch())
-        loss.backward()
+        loss.mean().backward()
         # Parameters after the last tapped layer get no gradient without checkpointing and a zero one with it.
         results.append((loss.detach(), {n: torch.zeros_like(p) if p.grad is None else p.grad
                                         for n, p in student.named_parameters()}))
@@ -400,13 +450,23 @@ def test_rail_kd_resamples_per_period_and_resumes():
     teachers = [TeacherInfo(8, 52, 4)]
     student = build_student("rail_kd", GLMModel(tiny_config(num_layers=3)), DistillOptions(), teachers,
                             method_options=dict(rail_kd_u=8))
-    layers = lambda s, **kw: s.teacher_taps(0, StepInfo(**kw))
+    def layers(s, **step):
+        s.begin_step(StepInfo(**step))
+        return s.teacher_taps(0, StepInfo(**step))
+
     first = layers(student, epoch=0, iteration=0)
     assert first == layers(student, epoch=0, iteration=7)     # cached within an epoch
     inner = random_layers(3, 8, random.Random(f"rail_kd:{student.seed}:0:0"))[1:-1]
     assert first == [f"layers.{i}.layernorm_output" for i in inner]
     by_epoch = [layers(student, epoch=e) for e in range(8)]
     assert len({tuple(x) for x in by_epoch}) > 1               # re-sampled when the epoch changes
+    # The getter only reads what begin_step drew: the same answer twice, no state change, and
+    # a step of another period without its begin_step is refused instead of re-sampled.
+    state = student.method_state()
+    assert student.teacher_taps(0, StepInfo(epoch=7)) == student.teacher_taps(0, StepInfo(epoch=7)) == by_epoch[7]
+    with pytest.raises(RuntimeError, match="begin_step"):
+        student.teacher_taps(0, StepInfo(epoch=3))
+    assert student.method_state() == state
     # Resume: a student built with another seed continues like the saved one.
     layers(student, epoch=3)
     state = student.method_state()
@@ -434,6 +494,7 @@ def test_rail_kd_resumed_training_continues_identically():
     def step_loss(student, teacher, optimizer, epoch):
         optimizer.zero_grad()
         loss, _, _, _ = run_inter(student, teacher, padded_batch(), StepInfo(epoch=epoch))
+        loss = loss.mean()
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -465,16 +526,17 @@ def test_mgskd_spans_and_state():
         no_spans = build_student("mgskd", GLMModel(tiny_config(**STUDENT)), DistillOptions(),
                                  [TeacherInfo(4, 68, 4)], method_options=options)
     loss, metrics, _, _ = run_inter(no_spans, teacher, padded_batch())
-    assert torch.isfinite(loss) and "inter/mgskd_span" not in metrics
+    assert torch.isfinite(loss).all() and "inter/mgskd_span" not in metrics
     # The second fine-tuning stage: no taps, exactly 0.
     off = build_student("mgskd", GLMModel(tiny_config(**STUDENT)), DistillOptions(), [TeacherInfo(4, 68, 4)],
                         method_options=dict(mgskd_wo_inter=True))
-    assert off.student_taps(StepInfo()) == [] and run_inter(off, teacher, padded_batch())[0].item() == 0.0
+    assert off.student_taps(StepInfo()) == []
+    assert torch.equal(run_inter(off, teacher, padded_batch())[0], torch.zeros(3))
 
 
 def test_options_and_sizes_fail_loudly():
     teachers = [TeacherInfo(4, 68, 4)]
-    with pytest.raises(ValueError, match="equal widths"):
+    with pytest.raises(ValueError, match="equal hidden_size"):
         build_student("alp_kd", GLMModel(tiny_config(**STUDENT)), DistillOptions(), teachers)
     with pytest.raises(ValueError, match="not divisible"):
         build_student("mgskd", GLMModel(tiny_config(**STUDENT)), DistillOptions(), teachers)   # 64 heads
@@ -508,7 +570,7 @@ def _mp_results(keys, states, rank=0, world_size=1):
         teacher.load_state_dict(mpu.shard_state_dict(teacher_state, mpu.partition_specs(teacher), rank, world_size))
         student.load_method_state(method_state)
         loss, _, _, _ = run_inter(student, teacher, padded_batch())
-        loss.backward()
+        loss.mean().backward()
         grads = {n: p.grad.clone() for n, p in student.named_parameters() if not n.startswith("model.")}
         results[key] = (loss.detach(), grads, {n: mpu.get_partition_spec(p) for n, p in student.named_parameters()})
     return results

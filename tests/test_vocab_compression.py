@@ -216,9 +216,10 @@ def test_a_model_without_a_map_says_so():
 
 # --------------------------------------------------------------------------- losses over the kept vocabulary
 def _kl(s, t, temperature):
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), mean over rows, with F.kl_div."""
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) per sample, the mean over its rows, with F.kl_div.
+    logits [B, S, V'] -> [B]."""
     kl = F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="none").sum(-1)
-    return temperature ** 2 * kl.mean()
+    return temperature ** 2 * kl.mean(-1)
 
 
 def _ref(s, t, temperature, **options):
@@ -389,8 +390,8 @@ def test_base_logits_term_equals_glmd_and_is_refused_where_it_would_be_lost():
     glmd_loss, _ = glmd.inter_loss(s_out, t_out, batch, StepInfo())
     keep = (position[:, 0] > 0)
     keep[:, 0] = True
-    kl = F.kl_div(F.log_softmax(s / 15, -1), F.softmax(t / 15, -1), reduction="none").sum(-1) * keep
-    assert_rel_close(kd_loss, 15 ** 2 * kl.mean(), RTOL, "kd --distill_logits_parallel")
+    kl = F.kl_div(F.log_softmax(s / 15, -1), F.softmax(t / 15, -1), reduction="none").sum(-1) * keep   # [4, 5]
+    assert_rel_close(kd_loss, 15 ** 2 * kl.mean(-1), RTOL, "kd --distill_logits_parallel")   # per sample [4]
     torch.testing.assert_close(kd_loss, glmd_loss)
     with pytest.raises(ValueError, match="not part of tinybert"):
         build_student("tinybert", GLMModel(tiny_config()), DistillOptions(distill_logits_parallel=True),

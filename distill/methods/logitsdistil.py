@@ -17,10 +17,9 @@ from torch import Tensor
 
 from model import glm_model_of
 
-from .distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
-from .losses import non_pad_mask
-from .methods_relations import fold_rows
-from .options import option
+from ..distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
+from ..losses import fold_samples, non_pad_mask
+from ..options import option
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,9 @@ class LogitsDistil(GLMStudent):
 
     inter_loss = T^2 * KL(z_s/T || z_t/T) (or MSE) over every token row of the vocabulary-parallel
     LM logits, masked to non-pad (--logitsdistil_mask_pad) and/or answer positions
-    (--logitsdistil_mask_a), optionally top-n truncated; a plain mean over all rows (masked
-    rows add 0). With keep_batch: the per-sample mean over its choices' rows.
+    (--logitsdistil_mask_a), optionally top-n truncated; per sample [B], the plain mean over its
+    token rows (masked rows add 0; in cloze fine-tuning, over all its choices' rows), so the mean
+    of the result is the plain mean over all rows.
 
     Vocabulary compression: with --unmap_vocab_output the teacher's logits are taken at the
     student's kept ids (in row order); with --distill_logit_mask_map (V-column student logits)
@@ -120,17 +120,16 @@ class LogitsDistil(GLMStudent):
             mask = answers if mask is None else mask & answers
         return mask
 
-    def inter_loss(self, s_out, t_out, batch: DistillBatch, step: StepInfo, t_no: int = 0,
-                   keep_batch: bool = False) -> Tuple[Tensor, Metrics]:
+    def inter_loss(self, s_out, t_out, batch: DistillBatch, step: StepInfo, t_no: int = 0) -> Tuple[Tensor, Metrics]:
         opts = self.method_options
         if opts.logitsdistil_wo_inter:
-            return super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+            return super().inter_loss(s_out, t_out, batch, step, t_no)
         s_logits, t_logits = s_out.taps["logits_parallel"], t_out.taps["logits_parallel"]   # [N, S, V/p]
         mask = self.token_mask(s_out, batch, s_logits.size(0), s_logits.size(1))
         rows, metrics = self.logits_loss(s_logits, t_logits, mask=mask, mse=opts.logitsdistil_mse,
                                          top_n=opts.logitsdistil_top_n,
                                          teacher_min=opts.logitsdistil_teacher_min)                  # [N]
-        loss = fold_rows(rows, s_out.logits.size(0)) if keep_batch else rows.mean()
+        loss = fold_samples(rows, s_out.logits.size(0))                                              # [B]
         metrics["inter/logits"] = loss.detach().mean()
-        base, base_metrics = super().inter_loss(s_out, t_out, batch, step, t_no, keep_batch)
+        base, base_metrics = super().inter_loss(s_out, t_out, batch, step, t_no)
         return loss + base, {**metrics, **base_metrics}
