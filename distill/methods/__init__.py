@@ -1,3 +1,9 @@
 """The distillation methods, one file each (its options, its class, its private losses);
 importing this package registers them in `distill.STUDENT_MODELS`. A new method is a new
 file here plus its line below."""
+
+from . import distilbert  # noqa: F401
+from . import minilm  # noqa: F401
+from . import minilmv2  # noqa: F401
+from . import pkd  # noqa: F401
+from . import tinybert  # noqa: F401
