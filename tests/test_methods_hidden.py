@@ -1,10 +1,11 @@
-"""TinyBERT, MiniLMv2, MiniLM, DistilBERT and PKD (distill/methods_hidden.py).
+"""TinyBERT, MiniLMv2, MiniLM, DistilBERT and PKD (distill/methods/{tinybert,minilmv2,minilm,distilbert,pkd}.py).
 
 Per method, on a tiny fixed teacher (4 layers, 52 wide) and student (2 layers, 28 or 52
 wide): the loss against a plain-torch reference written here from the methods' formulas on
 full (MP=1) taps, the same loss and gradients at MP=2 (one gloo spawn for all cases), a
 short run that lowers the loss, fully padded rows, options and schedule. Every pure loss
-also gets a literal value on a tiny tensor.
+also gets a literal value on a tiny tensor. Losses are per sample [B]; the method's loss is
+their mean.
 """
 import math
 import random
@@ -17,7 +18,8 @@ from dist_utils import assert_rel_close, run_distributed
 from distill import DistillBatch, DistillOptions, StepInfo, TeacherInfo, build_student
 from distill.losses_hidden import (attention_kl, attention_mse, cosine_distance, hidden_mse, patience_mse,
                                    probability_kl, relation_kl, split_relation_heads)
-from distill.methods_hidden import MiniLMv2Options, TinyBERTOptions
+from distill.methods.minilmv2 import MiniLMv2Options
+from distill.methods.tinybert import TinyBERTOptions
 from glm_fixtures import NO_DROPOUT, blank_infilling_batch
 from model import GLMConfig, GLMForMultiTokenCloze, GLMModel
 from training.stages import lm_loss
@@ -30,7 +32,9 @@ NARROW, WIDE = (2, 28, 4), (2, 52, 4)
 VOCAB, SEQ = 136, 11
 GRAD_PARAM = "transformer.layers.0.input_layernorm.weight"   # replicated, upstream of every tap
 
-CASES = {  # name: (method, student, stage, generic options, method options, step, keep_batch)
+# per_sample: the case's reference is per sample [B] (and a fine-tuning hard loss is [B]); else
+# the reference is the scalar mean of the [B] loss.
+CASES = {  # name: (method, student, stage, generic options, method options, step, per_sample)
     "tinybert": ("tinybert", NARROW, "pretrain", {}, {}, StepInfo(), False),
     "tinybert_random": ("tinybert", NARROW, "pretrain", {},
                         dict(tinybert_random_layers=True, tinybert_random_e=0, tinybert_random_i=2),
@@ -88,8 +92,9 @@ def build(case, checkpoint_activations=False):
 
 
 def forward(case, student, teacher, batch):
-    """(loss = pre_loss + inter_loss, metrics, student output, teacher output, hard loss)."""
-    stage, step, keep_batch = CASES[case][2], CASES[case][5], CASES[case][6]
+    """(loss = pre_loss + inter_loss [B], metrics, student output, teacher output, hard loss)."""
+    stage, step, per_sample = CASES[case][2], CASES[case][5], CASES[case][6]
+    student.begin_step(step)
     s_out = student(*batch["inputs"], taps=student.student_taps(step))
     with torch.no_grad():
         t_out = teacher(*batch["inputs"], taps=student.teacher_taps(0, step))
@@ -98,17 +103,21 @@ def forward(case, student, teacher, batch):
         d_batch = DistillBatch("pretrain", loss_mask=batch["loss_mask"], labels=batch["target"],
                                position_ids=batch["inputs"][1], token_level=True)
     else:
-        hard = F.cross_entropy(s_out.logits, batch["labels"], reduction="none" if keep_batch else "mean")
+        hard = F.cross_entropy(s_out.logits, batch["labels"], reduction="none" if per_sample else "mean")
         d_batch = DistillBatch("finetune", labels=batch["labels"], position_ids=batch["position"])
-    pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, hard, d_batch, keep_batch=keep_batch)
-    inter, inter_metrics = student.inter_loss(s_out, t_out, d_batch, step, keep_batch=keep_batch)
+    pre, pre_metrics = student.pre_loss(s_out.logits, t_out.logits, hard, d_batch, step)
+    inter, inter_metrics = student.inter_loss(s_out, t_out, d_batch, step)
+    batch_size = s_out.logits.size(0)
+    assert pre.shape == inter.shape == (batch_size,) and pre.dtype == inter.dtype == torch.float32
     return pre + inter, {**pre_metrics, **inter_metrics}, s_out, t_out, hard
 
 
 def loss_and_grads(case):
-    """The case's loss, the gradient of a replicated student weight, and of fit_dense_0's bias."""
+    """The case's loss (per sample, or the mean: see CASES), the gradient of its sum for a
+    replicated student weight, and for fit_dense_0's bias."""
     student, teacher, batch = build(case)
     loss, *_ = forward(case, student, teacher, batch)
+    loss = loss if CASES[case][6] else loss.mean()
     loss.sum().backward()
     params = dict(student.named_parameters())
     fit = params["fit_dense_0.bias"].grad if "fit_dense_0.bias" in params else None
@@ -154,7 +163,7 @@ def reference(case, student, s, t, batch, hard):
         fit = lambda x: F.linear(x, student.fit_dense_0.weight, student.fit_dense_0.bias)
         # uniform mapping (2, 4) = [0, 2, 4]; random layers: period 5 // 2 = 2 of teacher 0
         mid = 2 if case != "tinybert_random" else random.Random("tinybert:0:2").sample(range(1, 4), 1)[0]
-        samples = 2 if case == "tinybert_ft" else None     # keep_batch: 2 samples of 3 choice rows
+        samples = 2 if case == "tinybert_ft" else None     # per sample: 2 samples of 3 choice rows
         return (ref_mse(s["layers.0.attention_scores"], t[f"layers.{mid - 1}.attention_scores"], samples)
                 + ref_mse(s["layers.1.attention_scores"], t["layers.3.attention_scores"], samples)
                 + ref_mse(fit(s["layers.0.layernorm_output"]), t["layers.0.layernorm_output"], samples)
@@ -197,6 +206,7 @@ def test_literal_values_of_each_loss():
     scores = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
     assert attention_mse(scores, torch.zeros_like(scores)).item() == pytest.approx(7.5)   # (1+4+9+16)/4
     assert hidden_mse(scores.view(1, 2, 2), torch.ones(1, 2, 2)).item() == pytest.approx(3.5)  # (0+1+4+9)/4
+    assert hidden_mse(torch.tensor([[1.0, 3.0], [2.0, 2.0]]), torch.zeros(2, 2)).tolist() == [5.0, 4.0]  # per sample
     p_s, p_t = torch.tensor([[0.25, 0.75, 0.0]]), torch.tensor([[0.5, 0.5, 0.0]])
     # 0.5 ln 2 + 0.5 ln(2/3) = 0.5 ln(4/3); the masked key (0 in both) adds 0
     assert probability_kl(p_s, p_t).item() == pytest.approx(0.1438410362, rel=1e-6)
@@ -217,17 +227,17 @@ def test_literal_values_of_each_loss():
 
 def test_losses_on_fully_masked_or_padded_input_are_finite():
     s = torch.randn(2, 3, 4, requires_grad=True)
-    loss = cosine_distance(s, torch.zeros(2, 3, 4), mask=torch.zeros(2, 3))
-    loss.backward()
-    assert loss.item() == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+    loss = cosine_distance(s, torch.zeros(2, 3, 4), mask=torch.zeros(2, 3))      # [2]
+    loss.mean().backward()
+    assert torch.equal(loss, torch.zeros(2)) and torch.equal(s.grad, torch.zeros_like(s))
     p_s = torch.tensor([[0.0, 1.0]], requires_grad=True)   # an underflowed student probability
     kl = probability_kl(p_s, torch.tensor([[0.5, 0.5]]))
     kl.backward()
     assert torch.isfinite(kl).all() and torch.isfinite(p_s.grad).all()
     zero_rows = torch.zeros(2, 3, 5, requires_grad=True)
-    patience = patience_mse(zero_rows, torch.zeros(2, 3, 5), normalize=True)
-    patience.backward()
-    assert patience.item() == 0.0 and torch.isfinite(zero_rows.grad).all()
+    patience = patience_mse(zero_rows, torch.zeros(2, 3, 5), normalize=True)   # [2]
+    patience.mean().backward()
+    assert torch.equal(patience, torch.zeros(2)) and torch.isfinite(zero_rows.grad).all()
     with pytest.raises(ValueError, match="differ in shape"):
         hidden_mse(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
 
@@ -240,9 +250,9 @@ def test_loss_equals_the_plain_torch_reference(case):
     s_taps = {**s_out.taps, "logits": s_out.logits}
     t_taps = {**t_out.taps, "logits": t_out.logits}
     expected = reference(case, student, s_taps, t_taps, batch, hard)
-    assert_rel_close(loss, expected, RTOL, case)
+    assert_rel_close(loss if CASES[case][6] else loss.mean(), expected, RTOL, case)
     assert all(torch.isfinite(v).all() for v in metrics.values()) and loss.abs().sum() > 0
-    loss.sum().backward()
+    loss.mean().backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads), "NaN/inf gradient with a fully padded row"
 
@@ -252,7 +262,8 @@ def test_distilbert_cosine_fix_shifts_the_value_but_not_the_gradient():
     s_out = student(*batch["inputs"], taps=["output"])
     t_out = teacher(*batch["inputs"], taps=["output"])
     d_batch = DistillBatch("pretrain", loss_mask=batch["loss_mask"], position_ids=batch["inputs"][1], token_level=True)
-    ours, _ = student.inter_loss(s_out, t_out, d_batch, StepInfo())
+    per_sample, _ = student.inter_loss(s_out, t_out, d_batch, StepInfo())
+    ours = per_sample.mean()
     keep = d_batch.non_pad_mask()
     # the original: masked rows become zero vectors and cosine_embedding_loss gives them 1
     original = F.cosine_embedding_loss((s_out.taps["output"] * keep[..., None]).flatten(0, 1),
@@ -274,14 +285,38 @@ def test_minilm_uses_probabilities_not_their_softmax():
     assert original.item() < 0.1 * metrics["inter/att"].item()
 
 
-def test_distilbert_inter_is_zero_without_a_loss_mask_and_keep_batch_folds_choices():
+def test_distilbert_inter_is_zero_without_a_loss_mask_and_choice_rows_fold_into_samples():
     student, teacher, batch = build("distilbert")
     out = student(*batch["inputs"], taps=student.student_taps(StepInfo()))
-    inter, metrics = student.inter_loss(out, out, DistillBatch("finetune"), StepInfo(), keep_batch=True)
+    inter, metrics = student.inter_loss(out, out, DistillBatch("finetune"), StepInfo())
     assert inter.shape == (4,) and not inter.any() and metrics == {}
     student, teacher, batch = build("tinybert_ft")
     per_sample, *_ = forward("tinybert_ft", student, teacher, batch)
     assert per_sample.shape == (2,)
+
+
+def test_pkd_pre_loss_takes_a_per_sample_or_a_scalar_hard_loss():
+    student, teacher, batch = build("pkd")
+    s_out, t_out = student(*batch["inputs"]), teacher(*batch["inputs"])
+    d_batch = DistillBatch("finetune", labels=batch["labels"], position_ids=batch["position"])
+    hard = F.cross_entropy(s_out.logits, batch["labels"], reduction="none")                # [2]
+    per_sample, _ = student.pre_loss(s_out.logits, t_out.logits, hard, d_batch, StepInfo())
+    scalar, _ = student.pre_loss(s_out.logits, t_out.logits, hard.mean(), d_batch, StepInfo())
+    assert per_sample.shape == scalar.shape == (2,)
+    # (1 - alpha) = 0.5 of each sample's own hard loss, or of the batch's for every sample
+    assert_rel_close(per_sample - scalar, 0.5 * (hard - hard.mean()), RTOL, "hard term per sample")
+    assert_rel_close(per_sample.mean(), scalar.mean(), RTOL, "same mean")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_taps_getters_are_pure_queries(case):
+    student, _, _ = build(case)
+    step = CASES[case][5]
+    student.begin_step(step)
+    state = student.method_state()
+    first = (student.student_taps(step), student.teacher_taps(0, step))
+    assert (student.student_taps(step), student.teacher_taps(0, step)) == first
+    assert student.method_state() == state
 
 
 # --------------------------------------------------------------------------- MP=2
@@ -311,6 +346,7 @@ def test_short_run_lowers_the_loss_and_trains_only_the_student(case):
     for _ in range(4):
         optimizer.zero_grad()
         loss, *_ = forward(case, student, teacher, batch)
+        loss = loss.mean()
         loss.backward()
         if not losses:
             aux = [p for name, p in student.named_parameters() if not name.startswith("model.")]
@@ -335,7 +371,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     for checkpointing in (False, True):
         student, teacher, batch = build("tinybert", checkpoint_activations=checkpointing)
         loss, *_ = forward("tinybert", student, teacher, batch)
-        loss.backward()
+        loss.mean().backward()
         results.append((loss.detach(), grad_param(student).grad.clone()))
     assert student.supports_activation_checkpointing
     assert_rel_close(results[1][0], results[0][0], RTOL, "loss")
@@ -385,6 +421,22 @@ def test_tinybert_random_layers_follow_the_period_and_resume_without_state():
     per_epoch = _build_tinybert(tinybert_random_layers=True)                       # random_e = 1: per epoch
     assert per_epoch.layer_map(0, StepInfo(iteration=0)) == per_epoch.layer_map(0, StepInfo(iteration=3000))
     assert TinyBERTOptions(tinybert_random_e=0, tinybert_random_i=5).period(StepInfo(iteration=12, epoch=3)) == 2
+
+
+def test_tinybert_random_show_prints_in_begin_step_once_per_period(capsys):
+    student = _build_tinybert(tinybert_random_layers=True, tinybert_random_e=0, tinybert_random_i=2,
+                              tinybert_random_show=True)
+    lines = []
+    for iteration in range(6):                                    # periods 0, 0, 1, 1, 2, 2
+        step = StepInfo(iteration=iteration)
+        student.begin_step(step)
+        lines += capsys.readouterr().out.splitlines()
+        taps = student.student_taps(step), student.teacher_taps(0, step)
+        assert (student.student_taps(step), student.teacher_taps(0, step)) == taps
+        assert capsys.readouterr().out == ""                      # the getters print nothing
+    assert [line.split(":")[1] for line in lines] == [" teacher 0 sampling period 0", " teacher 0 sampling period 1",
+                                                      " teacher 0 sampling period 2"]
+    assert lines[1].endswith(str(student.layer_map(0, StepInfo(iteration=2))))
 
 
 def test_option_validation_and_mismatched_models_fail_loudly():

@@ -5,8 +5,13 @@ from . import alp_kd  # noqa: F401
 from . import annealing_kd  # noqa: F401
 from . import ckd  # noqa: F401
 from . import continuation_kd  # noqa: F401
+from . import distilbert  # noqa: F401
 from . import logitsdistil  # noqa: F401
 from . import mgskd  # noqa: F401
+from . import minilm  # noqa: F401
+from . import minilmv2  # noqa: F401
 from . import mixbaseline  # noqa: F401
+from . import pkd  # noqa: F401
 from . import rail_kd  # noqa: F401
+from . import tinybert  # noqa: F401
 from . import universal_kd  # noqa: F401
