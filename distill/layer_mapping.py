@@ -5,7 +5,7 @@ k = L (see `hidden_tap`). A mapping is a list of L_s + 1 teacher representation 
 per student representation.
 """
 import random
-from typing import List
+from typing import Iterable, List, Tuple
 
 
 def hidden_tap(index: int, num_layers: int) -> str:
@@ -51,3 +51,18 @@ def _check(student_layers: int, teacher_layers: int) -> None:
     if not 1 <= student_layers <= teacher_layers:
         raise ValueError(f"a layer mapping needs 1 <= student layers ({student_layers}) <= teacher layers "
                          f"({teacher_layers})")
+
+
+def uniform_attention_pairs(student_layers: int, teacher_layers: int, count: int) -> List[Tuple[str, str]]:
+    """(student tap, teacher tap) of the attention scores (SID, MobileBERT): student layer l
+    <-> teacher layer map[l + 1] - 1 (the last layer of its `uniform_layers` segment), l < count."""
+    mapping = uniform_layers(student_layers, teacher_layers)
+    return [(f"layers.{layer}.attention_scores", f"layers.{mapping[layer + 1] - 1}.attention_scores")
+            for layer in range(count)]
+
+
+def uniform_hidden_pairs(student_layers: int, teacher_layers: int, indices: Iterable[int]) -> List[Tuple[str, str]]:
+    """(student tap, teacher tap) of the hidden representations (SID, LRC-BERT, MobileBERT):
+    student representation k <-> teacher representation map[k] (`uniform_layers`), k in `indices`."""
+    mapping = uniform_layers(student_layers, teacher_layers)
+    return [(hidden_tap(k, student_layers), hidden_tap(mapping[k], teacher_layers)) for k in indices]

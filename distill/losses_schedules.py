@@ -1,9 +1,10 @@
 """Pure losses and schedule rules of the scheduled methods: DIITO, SID, Theseus, LRC-BERT and
-MobileBERT.
+MobileBERT (distill/methods/{diito,sid,theseus,lrc_bert,mobilebert}.py), and the one piece of
+state two of them share: SID's and MobileBERT's `ProgressiveUnlocking`.
 
-Losses compute in fp32; the methods reduce them like the original's `CustomLoss`
-with the shared reductions of `losses.py` / `losses_hidden.py`. Attention maps are partitioned
-by heads across model-parallel ranks: per-head rows are computed locally here and averaged by
+Losses compute in fp32 and keep dim 0 (the rows); the methods reduce them per sample with the
+shared reductions of `losses.py` / `losses_hidden.py`. Attention maps are partitioned by heads
+across model-parallel ranks: per-head rows are computed locally here and averaged by
 `losses_hidden.head_parallel_mean`, so heads are never mixed (the original gathered along the
 key axis, which mixes heads at MP > 1). No collectives in this file.
 """
@@ -56,6 +57,29 @@ def progressive_unlock_due(next_locked: int, iteration: int, total_iters: int, n
     """SID/MobileBERT's 'avg' schedule: layer `next_locked` unlocks once
     iteration >= total_iters / (num_layers + 1) * next_locked."""
     return total_iters > 0 and iteration >= total_iters / (num_layers + 1) * next_locked
+
+
+class ProgressiveUnlocking:
+    """SID's and MobileBERT's progressive layer unlocking (the original's `nextLockedLay`, from 1).
+
+    `active`: the value this step's taps and losses use, taken from `next_locked` at the step's
+    first pass (`begin_step`); the methods raise `next_locked` for the steps that follow.
+    `state()` / `load()` are the method's checkpointed method state."""
+
+    def __init__(self):
+        self.next_locked = self.active = 1
+
+    def begin_step(self) -> None:
+        self.active = self.next_locked
+
+    def state(self) -> dict:
+        return {"next_locked_layer": self.next_locked}
+
+    def load(self, state: dict, method: str) -> None:
+        unknown = set(state) - {"next_locked_layer"}
+        if unknown:
+            raise ValueError(f"{method}: unknown method state keys {sorted(unknown)}")
+        self.next_locked = self.active = int(state.get("next_locked_layer", 1))
 
 
 def theseus_keep_rate(iteration: int, total_iters: int, replacing_rate: float, not_replaced_steps: float) -> float:

@@ -1,10 +1,11 @@
-"""DIITO, SID, Theseus, LRC-BERT and MobileBERT (distill/methods_schedules.py).
+"""DIITO, SID, Theseus, LRC-BERT and MobileBERT (distill/methods/{diito,sid,theseus,lrc_bert,mobilebert}.py).
 
 On a tiny fixed teacher (4 layers) and student (2 layers), through the real Trainer's
 `forward_pass`: each loss against a plain-torch reference written here from the methods'
 formulas on full (MP=1) tensors; the same losses at MP=2 and LRC-BERT's data-parallel gather
 at DP=2 (one gloo spawn); the schedules, their method state and an exact resume; fully padded
-rows; choice-expanded fine-tuning rows; short runs. Every pure function gets literal values.
+rows; choice-expanded fine-tuning rows (per-sample [B] losses); pure taps and interventions
+getters; short runs. Every pure function gets literal values.
 """
 import copy
 import math
@@ -19,6 +20,7 @@ import mpu
 from dist_utils import assert_rel_close, run_distributed
 from distill import (STUDENT_MODELS, AvgTeacherOptions, DistillBatch, DistillOptions, StepInfo, TeacherInfo,
                      build_multi_teacher, build_student)
+from distill.layer_mapping import uniform_attention_pairs, uniform_hidden_pairs
 from distill.losses_schedules import (alignment_points, attention_score_kl, consecutive_masks, cos_nce, interchange,
                                       leading_masks, progressive_unlock_due, random_masks, theseus_keep_rate)
 from glm_fixtures import tiny_config
@@ -157,6 +159,12 @@ def test_pure_functions_literal_values():
     assert [theseus_keep_rate(i, 100, 0.3, 0.66) for i in (0, 33, 80)] == pytest.approx([0.3, 0.65, 1.0])
     assert not progressive_unlock_due(1, 2, 9, 2) and progressive_unlock_due(1, 3, 9, 2)
     assert not progressive_unlock_due(1, 10 ** 6, 0, 2)          # unknown length: never
+    # uniform map (5, 12) = [0, 3, 6, 9, 11, 12]: attention l <-> layer map[l+1]-1, representation k <-> map[k]
+    assert uniform_attention_pairs(5, 12, 2) == [("layers.0.attention_scores", "layers.2.attention_scores"),
+                                                 ("layers.1.attention_scores", "layers.5.attention_scores")]
+    assert uniform_hidden_pairs(5, 12, [0, 4, 5]) == [("layers.0.layernorm_output", "layers.0.layernorm_output"),
+                                                      ("layers.4.layernorm_output", "layers.11.layernorm_output"),
+                                                      ("output", "output")]
 
 
 def test_interchange_masks_literal_values():
@@ -334,17 +342,18 @@ def test_unlocking_schedules():
         seen = []
         for iteration in range(6):                                       # L_s = 2, T = 6: unlock at it 2 and 4
             step = StepInfo(iteration=iteration, train_iters=6)
-            student.student_taps(step)
+            student.begin_step(step)
             student.inter_loss(s_out, t_out, distill_batch, step)
             seen.append(student.method_state()["next_locked_layer"])
         assert seen == [1, 1, 2, 2, 3, 3], name
         student.load_method_state({})
-        student.student_taps(StepInfo(iteration=5, train_iters=6))
-        student.inter_loss(s_out, t_out, distill_batch, StepInfo(iteration=5, train_iters=6, training=False))
+        evaluation = StepInfo(iteration=5, train_iters=6, training=False)
+        student.begin_step(evaluation)
+        student.inter_loss(s_out, t_out, distill_batch, evaluation)
         assert student.method_state() == {"next_locked_layer": 1}        # only training steps count
     student, _ = models("sid", full_states("sid"))
     student.method_options = type(student.method_options)(sid_accumulate_t=10.0)   # cosine < 10: every step
-    student.student_taps(StepInfo(train_iters=1000))
+    student.begin_step(StepInfo(train_iters=1000))
     student.inter_loss(*outputs["sid"], distill_batch, StepInfo(train_iters=1000))
     assert student.method_state() == {"next_locked_layer": 2}
     with pytest.raises(ValueError, match="unknown method state keys"):
@@ -384,6 +393,55 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
+
+
+def _answers(student, teacher, batch, step):
+    """What the taps and interventions getters answer at `step`: the taps, and every
+    intervention applied to what it would receive (the student's layer list for "layers", else
+    the model's value at that point on `batch`)."""
+    def applied(interventions, model):
+        def received(point):
+            if point == "layers":                # only the student's (Theseus)
+                return model.model.transformer.layer_sequence()
+            return run(model, batch, [point]).taps[point]
+        return {point: fn(received(point)) for point, fn in interventions.items()}
+    return (student.student_taps(step), student.teacher_taps(0, step),
+            applied(student.student_interventions(step), student),
+            applied(student.teacher_interventions(0, step), teacher))
+
+
+def _fingerprint(student):
+    """The state a getter could change: the method state and what the getters and losses read
+    (LRC-BERT's hooked gradient, Theseus' keep rate, the unlocked layer a SID/MobileBERT step uses)."""
+    state = {attr: getattr(student, attr) for attr in ("_gradient", "keep_rate") if hasattr(student, attr)}
+    if hasattr(student, "unlocking"):
+        state["active"] = student.unlocking.active
+    return copy.deepcopy((student.method_state(), state))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_getters_are_pure_queries(name):
+    """After `begin_step`, the getters answer the same twice and change no state, on every pass
+    of a real step; asked again afterwards about any pass, they still change nothing."""
+    trainer, student, teacher = setup(name, full_states(name))
+    trainer.state.iteration = 4                  # SID/MobileBERT: layer 2 unlocks in this step, for the next ones
+    batch, repeats = batch_with_padding(), CASES[name][4]
+    for repeat in range(repeats + 1):
+        step = trainer._step_info(repeat)
+        student.begin_step(step)
+        before = _fingerprint(student)
+        first, second = _answers(student, teacher, batch, step), _answers(student, teacher, batch, step)
+        assert _same(first, second), (name, repeat)
+        assert _same(_fingerprint(student), before), (name, repeat)
+        if repeat == 1 or name == "theseus":     # interventions set up by pass 0 / by begin_step
+            assert first[2], (name, repeat)
+        loss, _ = trainer.forward_pass(batch, step)
+        if repeat == 0 and trainer.settings.ignore_first_backward_gard:
+            loss.backward()                      # LRC-BERT: the gradient pass 1 perturbs by
+    after = _fingerprint(student)
+    for repeat in range(repeats + 1):
+        _answers(student, teacher, batch, trainer._step_info(repeat))
+    assert _same(_fingerprint(student), after), name
 
 
 # --------------------------------------------------------------------------- robustness and training
@@ -429,21 +487,22 @@ def test_activation_checkpointing_changes_nothing(name):
     assert not STUDENT_MODELS["diito"].supports_activation_checkpointing     # its duals need the pass-0 graph
 
 
-def finetune_rows_loss(student, teacher, step, keep_batch):
-    """The combiner's per-teacher sum on cloze rows: [B=2, C=2, S] flattened to 4 rows, one of
-    them fully padded."""
+def finetune_rows_loss(student, teacher, step):
+    """The combiner's per-teacher sum [B] on cloze rows: [B=2, C=2, S] flattened to 4 rows, one
+    of them fully padded."""
     batch = batch_with_padding(fully_padded_row=True)
     inputs = tuple(batch[k].reshape(2, 2, *batch[k].shape[1:])
                    for k in ("text", "position_id", "attention_mask", "target", "loss_mask"))
+    student.begin_step(step)
     s_out = student(*inputs, taps=student.student_taps(step), interventions=student.student_interventions(step))
     with torch.no_grad():
         t_out = teacher(*inputs, taps=student.teacher_taps(0, step),
                         interventions=student.teacher_interventions(0, step))
     labels = torch.tensor([0, 1])
     distill_batch = DistillBatch("finetune", labels=labels, position_ids=inputs[1])
-    hard = F.cross_entropy(s_out.logits, labels, reduction="none" if keep_batch else "mean")
-    pre, _ = student.pre_loss(s_out.logits, t_out.logits, hard, distill_batch, keep_batch=keep_batch)
-    inter, _ = student.inter_loss(s_out, t_out, distill_batch, step, keep_batch=keep_batch)
+    hard = F.cross_entropy(s_out.logits, labels, reduction="none")
+    pre, _ = student.pre_loss(s_out.logits, t_out.logits, hard, distill_batch, step)
+    inter, _ = student.inter_loss(s_out, t_out, distill_batch, step)
     return pre + inter
 
 
@@ -457,10 +516,10 @@ def test_choice_expanded_finetune_rows(name):
     teacher = GLMForMultiTokenCloze(GLMModel(tiny_config(**t_cfg))).eval()
     student.bind_teachers([teacher])
     for repeat in range(CASES[name][4] + 1):
-        per_sample = finetune_rows_loss(student, teacher, StepInfo(repeat_index=repeat, train_iters=100), True)
+        per_sample = finetune_rows_loss(student, teacher, StepInfo(repeat_index=repeat, train_iters=100))
         assert per_sample.shape == (2,) and torch.isfinite(per_sample).all()
-    total = finetune_rows_loss(student, teacher, StepInfo(train_iters=100), False)
-    assert total.dim() == 0 and torch.isfinite(total)
+    total = finetune_rows_loss(student, teacher, StepInfo(train_iters=100)).mean()
+    assert torch.isfinite(total)
     if name != "theseus":            # Theseus' loss is the pre-loss only; the others add an inter term
         assert total > 0
 
@@ -517,9 +576,11 @@ def _gathered_lrc_loss(states, rows):
     student.method_options = type(student.method_options)(lrc_bert_gather_dp=True)
     batch = {k: v[rows] for k, v in batch_with_padding().items()}
     step = StepInfo(train_iters=6)
+    student.begin_step(step)
     s_out = student(batch["text"], batch["position_id"], batch["attention_mask"], taps=student.student_taps(step))
     t_out = run(teacher, batch, student.teacher_taps(0, step))
-    loss, _ = student.inter_loss(s_out, t_out, DistillBatch("pretrain", position_ids=batch["position_id"]), step)
+    per_sample, _ = student.inter_loss(s_out, t_out, DistillBatch("pretrain", position_ids=batch["position_id"]), step)
+    loss = per_sample.mean()
     loss.backward()
     return loss.detach(), student.s_fit_dense[0].weight.grad
 
