@@ -13,10 +13,3 @@ __all__ = ["STUDENT_MODELS", "DistillBatch", "DistillOptions", "GLMStudent", "St
 # Registration: the combiners and methods register themselves on import.
 from . import methods, multi_teacher_rl_kd, multi_teacher_weighted  # noqa: E402,F401
 
-# TRANSITION (removed when every family has moved into distill/methods/).
-import importlib as _importlib
-import pkgutil as _pkgutil
-
-for _module in _pkgutil.iter_modules(__path__):
-    if _module.name.startswith("methods_"):
-        _importlib.import_module(f"{__name__}.{_module.name}")

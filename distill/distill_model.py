@@ -361,20 +361,26 @@ class GLMStudent(nn.Module):
         row of the soft CE adds 0 instead of the original's constant log(V) (see losses.py).
         """
         options, finetune = self.options, batch.finetune
-        soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate
+        soft_rate, hard_rate = self.pre_loss_rates(step)
+        soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and soft_rate
         soft_on = soft_on and t_logits is not None   # a disabled teacher has no logits: hard term only
-        hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate
+        hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and hard_rate
         total = zero_loss(s_logits, (s_logits.size(0),))
         metrics: Metrics = {}
         if soft_on:
-            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, mse_t_w)
+            soft = soft_rate * self._soft_term(s_logits, t_logits, batch, mse_t_w)
             total = total + soft
             metrics["kd/soft"] = soft.detach().mean()
         if hard_on:
-            hard = options.distill_hard_rate * hard_loss.float().expand(s_logits.size(0))
+            hard = hard_rate * hard_loss.float().expand(s_logits.size(0))
             total = total + hard
             metrics["kd/hard"] = hard.detach().mean()
         return total, metrics
+
+    def pre_loss_rates(self, step: StepInfo) -> Tuple[float, float]:
+        """(r_soft, r_hard) of `pre_loss` at `step`: --distill_soft_rate and --distill_hard_rate;
+        a method whose rates follow the step or the pass overrides this (DIITO)."""
+        return self.options.distill_soft_rate, self.options.distill_hard_rate
 
     def _soft_term(self, s_logits: Tensor, t_logits: Tensor, batch: DistillBatch, mse_t_w: float) -> Tensor:
         """The soft term per sample [B] (see `pre_loss`)."""

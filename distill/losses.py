@@ -10,9 +10,10 @@ and returns one value per row (`[...]` = the logits' shape without the last dime
 
 `mask` (`[...]`, nonzero = keep) zeroes masked rows exactly: their logits are replaced by
 zeros before the math and their loss after it, so a fully masked row gives 0 with a zero
-gradient even when its logits hold inf or NaN. `custom_mean` is the original's `CustomLoss`
-reduction: multiply by the mask, then a plain mean over ALL rows, masked ones included
-(so magnitudes scale with padding, as in the original); `keep_batch` keeps dim 0.
+gradient even when its logits hold inf or NaN. `sample_mean` is the original's `CustomLoss`
+reduction per sample: multiply by the mask, then a plain mean over ALL of the sample's rows,
+masked ones included (so magnitudes scale with padding, as in the original); the mean of its
+[B] result is the original's scalar.
 
 One conscious difference from `CustomLoss`: there the mask of the soft CE/KL was an
 *input* mask (logits times mask), so a masked row of the soft CE contributed the constant
@@ -123,22 +124,9 @@ def parallel_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, 
 
 
 # --------------------------------------------------------------------------- reduction and helpers
-def custom_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None, keep_batch: bool = False) -> torch.Tensor:
-    """The original's `CustomLoss` reduction: loss * mask, then a plain mean.
-
-    The mean runs over all elements, masked ones included. loss: [B, ...] -> scalar, or
-    [B] (mean over every dimension but 0) with `keep_batch`.
-    """
-    loss = loss.float()
-    if mask is not None:
-        loss = loss * mask.to(loss.dtype)
-    if not keep_batch:
-        return loss.mean()
-    return loss.mean(dim=tuple(range(1, loss.dim()))) if loss.dim() > 1 else loss
-
-
 def sample_mean(loss: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The per-sample `custom_mean`: loss * mask, then the mean over every dimension but 0.
+    """The original's `CustomLoss` reduction per sample: loss * mask, then the mean over every
+    dimension but 0.
 
     loss: [B, ...] -> [B] fp32. Every sample has the same number of elements, so the mean of
     the result is the plain mean over the whole tensor (masked elements included)."""

@@ -3,7 +3,7 @@ combiners (`--multi_teacher_model`): name -> class. Each class may carry a typed
 `options_class` whose fields are its command-line flags (`distill.options.option`), so the
 parser's method groups, the "option of another method" check and `--help` all come from here.
 """
-from typing import Dict, Iterator, List, Optional, Type
+from typing import Dict, Iterator, List, Optional
 
 
 class Registry(Dict[Optional[str], type]):

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import pytest
-
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR.parent))
 sys.path.insert(0, str(TESTS_DIR))

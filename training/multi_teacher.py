@@ -7,7 +7,7 @@ from typing import Callable, Sequence, Tuple
 import torch
 
 import mpu
-from distill.distill_model import DistillOptions, GLMStudent, TeacherInfo
+from distill.distill_model import GLMStudent, TeacherInfo
 from distill.multi_teacher_model import AvgTeacher, Combiner, CombinerContext, build_multi_teacher, combiner_class
 from model.checkpoint import CheckpointError
 from tasks.collate import num_choices

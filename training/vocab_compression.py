@@ -6,7 +6,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-import mpu
 from model import GLMModel, glm_model_of
 from model.vocab_map import VocabMap, build_vocab_map, read_vocab_table, sorted_order
 from mpu.partition import get_partition_spec

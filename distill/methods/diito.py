@@ -1,6 +1,6 @@
 """DIITO: causal distillation by interchange interventions (the interchange math is in
 `losses_schedules.py`)."""
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, register_student
 from ..layer_mapping import hidden_tap
-from ..losses import fold_samples, non_pad_mask, zero_loss
+from ..losses import fold_samples, non_pad_mask
 from ..losses_hidden import cosine_distance
 from ..losses_schedules import alignment_points, consecutive_masks, interchange, leading_masks, random_masks
 from ..options import option
@@ -85,10 +85,6 @@ class DIITO(GLMStudent):
 
     def __init__(self, model, options, teachers=(), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        o = self.method_options
-        # The generic options with each pass's rates: pass 0, then every later pass.
-        self._pass_options = (replace(options, distill_soft_rate=o.diito_alpha_ce, distill_hard_rate=o.diito_alpha_mlm),
-                              replace(options, distill_soft_rate=o.diito_alpha_causal_ce, distill_hard_rate=0.0))
         self._num_layers = self.require_config().num_layers
         self._generator = torch.Generator().manual_seed(self.SEED)
         self._points: Optional[Tuple[List[str], List[List[str]]]] = None
@@ -168,26 +164,12 @@ class DIITO(GLMStudent):
         loss = weight * fold_samples(rows, s_out.logits.size(0))                        # [B]
         return loss, {"inter/cos" if first else "inter/causal_cos": loss.detach().mean()}
 
-    def pre_loss(self, s_logits, t_logits, hard_loss, batch, step=StepInfo(), t_no=0, mse_t_w=1.0
-                 ) -> Tuple[Tensor, Metrics]:
-        """`GLMStudent.pre_loss` per sample [B] with this pass's rates: pass 0 a_ce * soft +
-        a_mlm * hard, later passes a_causal_ce * soft (no hard term); the stage flags
-        (--distill_pt_soft, ...) still enable the terms, and the soft term is the generic one."""
-        options, finetune = self._pass_options[min(step.repeat_index, 1)], batch.finetune
-        soft_on = (options.distill_ft_soft if finetune else options.distill_pt_soft) and options.distill_soft_rate
-        soft_on = soft_on and t_logits is not None   # a disabled teacher has no logits: hard term only
-        hard_on = (options.distill_ft_hard if finetune else options.distill_pt_hard) and options.distill_hard_rate
-        total = zero_loss(s_logits, (s_logits.size(0),))
-        metrics: Metrics = {}
-        if soft_on:
-            soft = options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, mse_t_w)
-            total = total + soft
-            metrics["kd/soft"] = soft.detach().mean()
-        if hard_on:
-            hard = options.distill_hard_rate * hard_loss.float().expand(s_logits.size(0))
-            total = total + hard
-            metrics["kd/hard"] = hard.detach().mean()
-        return total, metrics
+    def pre_loss_rates(self, step: StepInfo) -> Tuple[float, float]:
+        """This pass's (r_soft, r_hard): pass 0 (a_ce, a_mlm), later passes (a_causal_ce, 0: no
+        hard term); the stage flags (--distill_pt_soft, ...) still enable the terms of the
+        generic `pre_loss`."""
+        o = self.method_options
+        return (o.diito_alpha_ce, o.diito_alpha_mlm) if step.repeat_index == 0 else (o.diito_alpha_causal_ce, 0.0)
 
     def method_state(self) -> dict:
         return {"rng": self._generator.get_state(), "points": self._points, "masks": self._masks}
