@@ -7,6 +7,8 @@ per student representation.
 import random
 from typing import Iterable, List, Tuple
 
+TapPairs = List[Tuple[str, str]]   # (student tap, teacher tap)
+
 
 def hidden_tap(index: int, num_layers: int) -> str:
     """The tap holding hidden representation `index` of a model with `num_layers` layers."""
@@ -53,7 +55,7 @@ def _check(student_layers: int, teacher_layers: int) -> None:
                          f"({teacher_layers})")
 
 
-def uniform_attention_pairs(student_layers: int, teacher_layers: int, count: int) -> List[Tuple[str, str]]:
+def uniform_attention_pairs(student_layers: int, teacher_layers: int, count: int) -> TapPairs:
     """(student tap, teacher tap) of the attention scores (SID, MobileBERT): student layer l
     <-> teacher layer map[l + 1] - 1 (the last layer of its `uniform_layers` segment), l < count."""
     mapping = uniform_layers(student_layers, teacher_layers)
@@ -61,7 +63,7 @@ def uniform_attention_pairs(student_layers: int, teacher_layers: int, count: int
             for layer in range(count)]
 
 
-def uniform_hidden_pairs(student_layers: int, teacher_layers: int, indices: Iterable[int]) -> List[Tuple[str, str]]:
+def uniform_hidden_pairs(student_layers: int, teacher_layers: int, indices: Iterable[int]) -> TapPairs:
     """(student tap, teacher tap) of the hidden representations (SID, LRC-BERT, MobileBERT):
     student representation k <-> teacher representation map[k] (`uniform_layers`), k in `indices`."""
     mapping = uniform_layers(student_layers, teacher_layers)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..distill_model import GLMStudent, Metrics, StepInfo, register_student
 from ..layer_mapping import uniform_attention_pairs, uniform_hidden_pairs
-from ..losses import fold_samples, zero_loss
+from ..losses import fold_samples
 from ..losses_hidden import head_parallel_mean, hidden_mse
 from ..losses_schedules import ProgressiveUnlocking, attention_score_kl, progressive_unlock_due
 from ..options import option
@@ -92,12 +92,12 @@ class MobileBERT(GLMStudent):
         return kd_w * (att + hid), {"inter/att": kd_w * att.detach().mean(), "inter/hidden": kd_w * hid.detach().mean(),
                                     "mobilebert/unlocked": torch.tensor(float(self.unlocking.active))}
 
-    def pre_loss(self, s_logits, t_logits, hard_loss, batch, step=StepInfo(), t_no=0, mse_t_w=1.0
-                 ) -> Tuple[Tensor, Metrics]:
-        """0 [B] while layers are locked, then the generic pre-loss."""
+    def pre_loss_rates(self, step: StepInfo) -> Tuple[float, float]:
+        """No prediction-layer loss (rates 0: the generic pre-loss is 0 [B]) while layers are
+        locked, then the run's rates."""
         if self.unlocking.active <= self._num_layers:
-            return zero_loss(s_logits, (s_logits.size(0),)), {}
-        return super().pre_loss(s_logits, t_logits, hard_loss, batch, step, t_no, mse_t_w)
+            return 0.0, 0.0
+        return super().pre_loss_rates(step)
 
     def method_state(self) -> dict:
         return self.unlocking.state()

@@ -12,13 +12,10 @@ from torch import Tensor, nn
 from model import ModelOutput
 
 from ..distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, TeacherInfo, register_student
-from ..layer_mapping import hidden_tap, stride_layers
-from ..losses import fold_samples, zero_loss
+from ..layer_mapping import TapPairs, hidden_tap, stride_layers
+from ..losses import fold_samples
 from ..losses_hidden import patience_mse
 from ..options import option
-
-TapPairs = List[Tuple[str, str]]   # (student tap, teacher tap)
-
 
 @dataclass(frozen=True)
 class PKDOptions:
@@ -75,17 +72,7 @@ class PKD(GLMStudent):
         loss = options.pkd_beta * fold_samples(rows, s_out.logits.size(0))                     # [B]
         return loss, {"inter/patience": loss.detach().mean()}
 
-    def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch,
-                 step: StepInfo = StepInfo(), t_no: int = 0, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        """Per sample [B]: alpha * r_soft * soft + (1 - alpha) * r_hard * hard_loss (see the base)."""
-        options, alpha = self.options, self.method_options.pkd_alpha
-        batch_size = s_logits.size(0)
-        total = zero_loss(s_logits, (batch_size,))
-        metrics: Metrics = {}
-        if (options.distill_ft_soft if batch.finetune else options.distill_pt_soft) and options.distill_soft_rate:
-            soft = alpha * options.distill_soft_rate * self._soft_term(s_logits, t_logits, batch, mse_t_w)
-            total, metrics["kd/soft"] = total + soft, soft.detach().mean()
-        if (options.distill_ft_hard if batch.finetune else options.distill_pt_hard) and options.distill_hard_rate:
-            hard = (1.0 - alpha) * options.distill_hard_rate * hard_loss.float().expand(batch_size)
-            total, metrics["kd/hard"] = total + hard, hard.detach().mean()
-        return total, metrics
+    def pre_loss_rates(self, step: StepInfo) -> Tuple[float, float]:
+        """pre_loss = alpha * r_soft * soft + (1 - alpha) * r_hard * hard_loss (the generic terms)."""
+        alpha = self.method_options.pkd_alpha
+        return alpha * self.options.distill_soft_rate, (1.0 - alpha) * self.options.distill_hard_rate

@@ -16,13 +16,10 @@ import mpu
 from model import ModelOutput
 
 from ..distill_model import DistillBatch, GLMStudent, Metrics, StepInfo, TeacherInfo, register_student
-from ..layer_mapping import hidden_tap, random_layers, uniform_layers
+from ..layer_mapping import TapPairs, hidden_tap, random_layers, uniform_layers
 from ..losses import fold_samples
 from ..losses_hidden import attention_mse, hidden_mse
 from ..options import option
-
-TapPairs = List[Tuple[str, str]]   # (student tap, teacher tap)
-
 
 @dataclass(frozen=True)
 class TinyBERTOptions:
