@@ -15,11 +15,11 @@ loss may need as a `DistillBatch`.
 import math
 import warnings
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from torch import Tensor, nn
 
-from model import GLMConfig, ModelOutput, glm_model_of
+from model import GLMConfig, ModelOutput, TapConfig, glm_model_of, tap_config_of
 
 from .losses import fold_samples, non_pad_mask, sample_mean, soft_loss, zero_loss
 from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, restrict_columns
@@ -203,8 +203,9 @@ class GLMStudent(nn.Module):
         self.model = model
         self.options = options
         self.teachers = tuple(teachers)
-        # The student's GLMConfig (None for a bare module used for its losses only).
-        self.config: Optional[GLMConfig] = _config_or_none(model)
+        # The student's sizes: a GLMConfig, or an HF model's TapConfig (same field names);
+        # None for a bare module used for its losses only.
+        self.config: Optional[Union[GLMConfig, TapConfig]] = _config_or_none(model)
         if method_options is None and self.options_class is not None:
             method_options = self.options_class()
         self.method_options = method_options
@@ -246,11 +247,11 @@ class GLMStudent(nn.Module):
         if not self.teachers:
             raise ValueError(f"--student_model={self.name} needs the teachers' sizes (TeacherInfo) to build its layers")
 
-    def require_config(self) -> GLMConfig:
-        """The student's GLMConfig (TypeError naming the method for a bare module)."""
+    def require_config(self) -> Union[GLMConfig, TapConfig]:
+        """The student's sizes (TypeError naming the method for a bare module)."""
         if self.config is None:
-            raise TypeError(f"{self.name} needs a GLM student (a GLMModel or a task head around one), "
-                            f"got {type(self.model).__name__}")
+            raise TypeError(f"{self.name} needs a GLM or Hugging Face student (a GLMModel, an HFTapModel or a task "
+                            f"head around one), got {type(self.model).__name__}")
         return self.config
 
     def check_teachers_match(self, field: str, why: str) -> None:
@@ -433,9 +434,9 @@ class GLMStudent(nn.Module):
             _rename_under(keys, module._load_prefix, _external_key)
 
 
-def _config_or_none(model: nn.Module) -> Optional[GLMConfig]:
+def _config_or_none(model: nn.Module):
     try:
-        return glm_model_of(model).config
+        return tap_config_of(model)
     except TypeError:   # a bare module (loss-only use)
         return None
 

@@ -179,6 +179,16 @@ class GLMModel(nn.Module):
         preceding = F.pad(current[:, :-1], (0, 0, 1, 0))                  # token i-1, zeros before the start
         return self.trigram_emb_mlp(torch.cat([following, current, preceding], dim=-1))
 
+    # ------------------------------------------------------------------ layers (Theseus)
+    def layer_sequence(self) -> List[nn.Module]:
+        """The layer modules run in order (the list the `layers` intervention receives)."""
+        return self.transformer.layer_sequence()
+
+    @staticmethod
+    def frozen_layer(layer: nn.Module) -> "FrozenGLMLayer":
+        """`layer` made fit to run inside another GLM's forward without training (Theseus)."""
+        return FrozenGLMLayer(layer)
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask,
                 taps: Collection[str] = (), interventions: Optional[Mapping[str, Intervention]] = None) -> ModelOutput:
         recorder = taps if isinstance(taps, Taps) else self.make_taps(taps, interventions)
@@ -197,6 +207,21 @@ class GLMModel(nn.Module):
         if not self.config.parallel_output:
             logits = mpu.gather_from_model_parallel_region(logits)
         return ModelOutput(logits, recorder.captured, self.vocab_map if self.config.unmap_vocab_output else None)
+
+
+class FrozenGLMLayer:
+    """Runs a (teacher's) GLM layer inside another model's forward with detached parameters
+    (they never receive .grad) and in the layer's own dtype; gradients still flow through the
+    hidden states. Held outside every module tree (not a Module)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, taps) -> torch.Tensor:
+        params = {name: p.detach() for name, p in self.layer.named_parameters()}
+        dtype = next(iter(params.values())).dtype
+        out = torch.func.functional_call(self.layer, params, (hidden.to(dtype), mask, taps))
+        return out.to(hidden.dtype)
 
 
 def glm_model_of(module: nn.Module) -> "GLMModel":

@@ -136,8 +136,7 @@ def tapped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     """transformers attention function: q [B, nh, S, dh], k/v [B, nkv, S, dh], mask [B, 1, S, S]
     (bool, True = attend) -> (context [B, S, nh, dh], probabilities or None). Taps come from
     the scope that `HFTapModel` attached to `module` (none outside its forward)."""
-    scope = getattr(module, "_gkd_scope", None)
-    recorder = scope() if scope is not None else None
+    recorder = _recorder_of(module, getattr(module, "_gkd_layer", None))
     groups = query.size(1) // key.size(1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     if attention_mask is not None and attention_mask.dtype != torch.bool:     # an additive float mask
@@ -179,6 +178,16 @@ def register_attention() -> None:
 # --------------------------------------------------------------------------- the adapter
 def _submodule(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
+
+
+def _recorder_of(module: nn.Module, layer: Optional[int] = None) -> Optional[Taps]:
+    """The recorder of the forward the HFTapModel owning `module` is running (scoped to
+    `layers.{layer}`), or None when it is idle or records nothing."""
+    owner = getattr(module, "_gkd_owner", None)
+    recorder = owner._recorder if owner is not None else None
+    if recorder is None or not recorder.active:
+        return None
+    return recorder if layer is None else recorder.scope(f"layers.{layer}")
 
 
 def _replace_first(output, value):
@@ -225,6 +234,15 @@ class HFTapModel(nn.Module):
     def layer_modules(self) -> nn.ModuleList:
         return _submodule(self.base, self.family.layers)
 
+    def layer_sequence(self) -> List[nn.Module]:
+        """The layer modules run in order (the list the `layers` intervention receives)."""
+        return list(self.layer_modules())
+
+    @staticmethod
+    def frozen_layer(layer: nn.Module) -> "FrozenHFLayer":
+        """`layer` made fit to run inside another model of its family without training (Theseus)."""
+        return FrozenHFLayer(layer)
+
     def tap_names(self) -> List[str]:
         names = ["words_embeddings", "position_ids", "embeddings"]
         names += [f"layers.{i}.{tap}" for i in range(self.tap_config.num_layers) for tap in LAYER_TAPS]
@@ -248,26 +266,28 @@ class HFTapModel(nn.Module):
         return Taps(taps, interventions)
 
     # ------------------------------------------------------------------ hooks
-    def _active(self) -> Optional[Taps]:
-        recorder = self._recorder
-        return recorder if recorder is not None and recorder.active else None
+    def _own(self, module: nn.Module) -> nn.Module:
+        """Mark `module` as this model's: its hooks find the active recorder through this plain
+        attribute (not a submodule), which a deepcopy of the model maps to the copy."""
+        object.__setattr__(module, "_gkd_owner", self)
+        return module
 
     def _output_hook(self, module: nn.Module, *names: str) -> None:
         """Record (and let interventions replace) the module's output under `names`, in order."""
-        def hook(_module, _args, output):
-            recorder = self._active()
+        def hook(module, _args, output):
+            recorder = _recorder_of(module)
             if recorder is None:
                 return None
             value = _first(output)
             for name in names:
                 value = recorder(name, value)
             return _replace_first(output, value)
-        module.register_forward_hook(hook)
+        self._own(module).register_forward_hook(hook)
 
     def _input_hook(self, module: nn.Module, *names: str) -> None:
         """Record (and let interventions replace) the module's first input under `names`."""
-        def hook(_module, args, kwargs):
-            recorder = self._active()
+        def hook(module, args, kwargs):
+            recorder = _recorder_of(module)
             if recorder is None:
                 return None
             if args:
@@ -279,19 +299,19 @@ class HFTapModel(nn.Module):
             for name in names:
                 value = recorder(name, value)
             return args, {**kwargs, "hidden_states": value}
-        module.register_forward_pre_hook(hook, with_kwargs=True)
+        self._own(module).register_forward_pre_hook(hook, with_kwargs=True)
 
     def _qkv_hook(self, module: nn.Module, prefix: str) -> None:
         """A fused Q/K/V projection: its output split in 3 along the last dim, each recorded."""
-        def hook(_module, _args, output):
-            recorder = self._active()
+        def hook(module, _args, output):
+            recorder = _recorder_of(module)
             if recorder is None:
                 return None
             parts = output.chunk(3, dim=-1)                               # [B, S, 3A] -> 3 x [B, S, A]
             parts = [recorder(f"{prefix}mixed_{kind}_layer", part) for kind, part in zip(("query", "key", "value"),
                                                                                           parts)]
             return torch.cat(parts, dim=-1)
-        module.register_forward_hook(hook)
+        self._own(module).register_forward_hook(hook)
 
     def _install_hooks(self) -> None:
         family, base, last = self.family, self.base, self.tap_config.num_layers - 1
@@ -331,14 +351,9 @@ class HFTapModel(nn.Module):
         self._output_hook(_submodule(layer, family.ffn), prefix + "ffn_output")
         layer_names = [prefix + "tf_output"] + (["output"] if last_layer and family.final_norm is None else [])
         self._output_hook(layer, *layer_names)
-        attention = _submodule(layer, family.attention)
-        # Not a submodule (object.__setattr__): the attention function finds this layer's scoped
-        # recorder through it; a teacher layer run inside a student keeps its own model's scope.
-        object.__setattr__(attention, "_gkd_scope", lambda: self._layer_scope(index))
-
-    def _layer_scope(self, index: int) -> Optional[Taps]:
-        recorder = self._active()
-        return recorder.scope(f"layers.{index}") if recorder is not None else None
+        # The attention function finds this layer's scoped recorder through these attributes; a
+        # teacher layer run inside a student keeps its own model's (inactive) recorder.
+        object.__setattr__(self._own(_submodule(layer, family.attention)), "_gkd_layer", index)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None, attention_mask=None,
@@ -390,6 +405,23 @@ class HFTapModel(nn.Module):
                 setattr(config, key, value)
 
 
+class FrozenHFLayer(nn.Module):
+    """Runs a (teacher's) HF layer inside another model's forward with detached parameters
+    (they never receive .grad) and in the layer's own dtype; gradients still flow through the
+    hidden states. The layer is held outside the module tree, so it is neither saved nor
+    optimised with the model that runs it; its own model's hooks stay inactive there."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "layer", layer)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        params = {name: p.detach() for name, p in self.layer.named_parameters()}
+        dtype = next(iter(params.values())).dtype
+        output = torch.func.functional_call(self.layer, params, (hidden_states.to(dtype), *args), kwargs)
+        return _replace_first(output, _first(output).to(hidden_states.dtype))
+
+
 def glm_position_ids(input_ids: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """GLM's [B, 2, S] position layout for an HF batch: row 0 counts the tokens (0, 1, 2, ...)
     with pads at 0, row 1 is zeros. padding_mask: [B, S], 1 = token (None: no padding)."""
@@ -400,15 +432,22 @@ def glm_position_ids(input_ids: torch.Tensor, padding_mask: Optional[torch.Tenso
     return torch.stack([positions, torch.zeros_like(positions)], dim=1)         # [B, 2, S]
 
 
-def tap_config_of(module: nn.Module):
-    """The sizes of a GLMModel (its GLMConfig) or an HFTapModel (its TapConfig), also inside
-    task heads and wrappers (`.model`)."""
+def tap_model_of(module: nn.Module):
+    """The GLMModel or HFTapModel itself, or the one inside task heads and wrappers (`.model`)."""
     while not isinstance(module, (GLMModel, HFTapModel)):
         if not hasattr(module, "model"):
             raise TypeError(f"{type(module).__name__} holds no GLMModel or HFTapModel")
         module = module.model
-    return module.config
+    return module
 
 
-__all__ = ["FAMILIES", "MODEL_TYPES", "Family", "HFTapModel", "TapConfig", "family_of", "glm_position_ids",
-           "register_attention", "tap_config_of", "tap_config_of_hf", "tapped_attention"]
+def tap_config_of(module: nn.Module):
+    """The sizes of a GLMModel (its GLMConfig) or an HFTapModel (its TapConfig), also inside
+    task heads and wrappers: num_layers, hidden_size, num_attention_heads, layernorm_epsilon,
+    output_predict."""
+    return tap_model_of(module).config
+
+
+__all__ = ["FAMILIES", "MODEL_TYPES", "Family", "FrozenHFLayer", "HFTapModel", "TapConfig", "family_of",
+           "glm_position_ids", "register_attention", "tap_config_of", "tap_config_of_hf", "tap_model_of",
+           "tapped_attention"]

@@ -463,7 +463,7 @@ def test_base_kit_config_and_teacher_checks():
         GLMStudent(glm, DistillOptions()).require_teachers()
     bare = GLMStudent(nn.Identity(), DistillOptions())
     assert bare.config is None
-    with pytest.raises(TypeError, match="kd needs a GLM student .* got Identity"):
+    with pytest.raises(TypeError, match="kd needs a GLM or Hugging Face student .* got Identity"):
         bare.require_config()
     zero = bare.zero(ModelOutput(torch.ones(3, 2, requires_grad=True), {}))
     assert zero.shape == (3,) and zero.requires_grad and torch.equal(zero, torch.zeros(3))

@@ -233,3 +233,21 @@ def test_the_layer_swap_runs_the_given_modules(family):
     torch.testing.assert_close(swapped, expected, rtol=0, atol=ATOL)
     assert not torch.allclose(own, expected)
     assert len(student.layer_modules()) == L and student.hf.config.num_hidden_layers == L   # restored
+
+
+def test_a_deep_copy_records_its_own_taps():
+    """Hooks find their model through a plain attribute, so a copy's hooks serve the copy."""
+    import copy
+    original = HFTapModel(tiny("llama"))
+    clone = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(0.01)
+    ids, mask = inputs()
+    with torch.no_grad():
+        mine = original(ids, attention_mask=mask, taps=["layers.0.attention_scores", "output"])
+        theirs = clone(ids, attention_mask=mask, taps=["layers.0.attention_scores", "output"])
+    assert set(theirs.taps) == {"layers.0.attention_scores", "output"}
+    assert not torch.allclose(mine.taps["output"], theirs.taps["output"])
+    torch.testing.assert_close(theirs.taps["output"], clone.hf(input_ids=ids, attention_mask=mask,
+                                                              output_hidden_states=True).hidden_states[-1])

@@ -19,6 +19,7 @@ import mpu
 from distill.distill_model import DistillBatch
 from model import (GLMForMultiTokenCloze, GLMForSequenceClassification, GLMForSingleTokenCloze, GLMModel,
                    ModelOutput)
+from model.hf import glm_position_ids
 from tasks.registry import GENERATIVE, MULTI_TOKEN, SINGLE_TOKEN
 
 LOSS_FUNCS = ("cross_entropy", "hinge", "generative", "mix")
@@ -69,6 +70,40 @@ class PretrainStage:
             total, count = total + float(loss), count + 1
         loss = total / max(count, 1)
         return {"loss": loss, "ppl": math.exp(min(20.0, loss))}
+
+
+class HFLanguageModelStage:
+    """Language modelling on a Hugging Face model (`model.hf.HFTapModel`): causal LM for
+    decoders (the targets are the next tokens), masked LM for encoders (the targets are the
+    original ids at the masked positions). A batch holds `text` [B, S] (the model's input ids),
+    `attention_mask` [B, S] (1 = token, 0 = padding), `target` [B, S] and `loss_mask` [B, S]
+    (the positions whose target counts). `distill_stage` names the stage whose distillation
+    flags apply: "pretrain" (--distill_pt_*) or "finetune" (--distill_ft_*, a generative
+    fine-tuning on token logits)."""
+    kind = GENERATIVE
+
+    def __init__(self, distill_stage: str = "pretrain"):
+        if distill_stage not in ("pretrain", "finetune"):
+            raise ValueError(f"unknown distillation stage {distill_stage!r}; valid: pretrain, finetune")
+        self.name = distill_stage
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def model_inputs(self, batch) -> Tuple:
+        return batch["text"], None, batch["attention_mask"]
+
+    def hard_loss(self, output: ModelOutput, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        return _per_sample_lm_loss(output.logits, batch["target"], batch["loss_mask"])
+
+    def distill_batch(self, batch) -> DistillBatch:
+        return DistillBatch(stage=self.name, loss_mask=batch["loss_mask"], labels=batch["target"],
+                            position_ids=glm_position_ids(batch["text"], batch["attention_mask"]), token_level=True)
+
+    def num_tokens(self, batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    evaluate = PretrainStage.evaluate
 
 
 class FinetuneStage:

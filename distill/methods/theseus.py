@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from model import glm_model_of
+from model import tap_model_of
 
 from ..distill_model import GLMStudent, Metrics, StepInfo, register_student
 from ..layer_mapping import uniform_layers
@@ -25,21 +25,7 @@ class TheseusOptions:
             raise ValueError(f"theseus_not_replaced_steps must be positive, got {self.theseus_not_replaced_steps}")
 
 
-class _FrozenLayer:
-    """Runs a teacher layer inside the student's forward with detached parameters (so they
-    never receive .grad) and in the teacher's dtype; gradients still flow through it."""
-
-    def __init__(self, layer: nn.Module):
-        self.layer = layer
-
-    def __call__(self, hidden: Tensor, mask: Tensor, taps) -> Tensor:
-        params = {name: p.detach() for name, p in self.layer.named_parameters()}
-        dtype = next(iter(params.values())).dtype
-        out = torch.func.functional_call(self.layer, params, (hidden.to(dtype), mask, taps))
-        return out.to(hidden.dtype)
-
-
-Blocks = List[List[List[_FrozenLayer]]]   # blocks[t][i]: teacher t's layers replacing student layer i
+Blocks = List[List[List[object]]]   # blocks[t][i]: teacher t's frozen layers replacing student layer i
 
 
 @register_student
@@ -81,16 +67,30 @@ class Theseus(GLMStudent):
         bound = tuple(id(module) for module in self.teacher_modules)
         if self._blocks_of != bound:
             self._blocks, self._blocks_of = [], bound
-            for module in self.teacher_modules:
-                glm = glm_model_of(module)
-                if glm.config.hidden_size != self._hidden_size:
-                    raise ValueError(f"theseus needs equal hidden sizes: teacher {glm.config.hidden_size}, "
-                                     f"student {self._hidden_size}")
-                layers = glm.transformer.layer_sequence()
+            for t_no, module in enumerate(self.teacher_modules):
+                teacher = tap_model_of(module)
+                self._check_teacher(t_no, teacher)
+                layers = teacher.layer_sequence()
                 bounds = uniform_layers(self._num_layers, len(layers))
-                self._blocks.append([[_FrozenLayer(layer) for layer in layers[begin:end]]
+                self._blocks.append([[teacher.frozen_layer(layer) for layer in layers[begin:end]]
                                      for begin, end in zip(bounds, bounds[1:])])
         return self._blocks
+
+    def _check_teacher(self, t_no: int, teacher: nn.Module) -> None:
+        """Teacher layers run on the student's hidden states (and, in HF decoders, on its rotary
+        embeddings): equal width, and for HF models the same family and head count."""
+        config, own = teacher.config, self.require_config()
+        if config.hidden_size != own.hidden_size:
+            raise ValueError(f"theseus needs equal hidden sizes: teacher {t_no} {config.hidden_size}, "
+                             f"student {own.hidden_size}")
+        if type(config) is not type(own):
+            raise ValueError(f"theseus: teacher {t_no} ({type(teacher).__name__}) and the student "
+                             f"({type(tap_model_of(self.model)).__name__}) are different model kinds")
+        if getattr(own, "model_type", None) is not None and (
+                (config.model_type, config.num_attention_heads) != (own.model_type, own.num_attention_heads)):
+            raise ValueError(f"theseus: teacher {t_no} is {config.model_type} with {config.num_attention_heads} heads, "
+                             f"the student {own.model_type} with {own.num_attention_heads}; its layers need the "
+                             f"student's family and head count")
 
     def _keep_rate(self, step: StepInfo) -> float:
         o = self.method_options
