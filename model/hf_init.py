@@ -80,11 +80,11 @@ def keep_layers(spec: str, teacher_layers: int, student_layers: Optional[int] = 
 
     spec:
     * "bottom": layers 0..n-1 (n = student_layers);
-    * "stride": keep = [(j+1)*k - 1 for j in range(n)] with k = teacher_layers // n, so student
-      layer j holds the teacher layer whose output `layer_mapping`'s stride pairs with it
-      (12 -> 6 gives [1, 3, 5, 7, 9, 11]). When n does not divide teacher_layers, k is still
-      the floor and the teacher's top teacher_layers - n*k layers are not kept (12 -> 5, k = 2:
-      [1, 3, 5, 7, 9]);
+    * "stride": keep = [(j+1)*k - 1 for j in range(n)] with k = teacher_layers // n
+      (12 -> 6 gives [1, 3, 5, 7, 9, 11]): student representation j+1 starts as teacher
+      representation (j+1)k, the pair `layer_mapping.stride_layers` distils. When n does not
+      divide teacher_layers, k is still the floor and the teacher's top teacher_layers - n*k
+      layers are not kept (12 -> 5, k = 2: [1, 3, 5, 7, 9]);
     * an explicit comma list, e.g. "2,6,10" (student_layers, if given, must equal its length).
     Every error is a ValueError naming the spec and the teacher's layer count.
     """
