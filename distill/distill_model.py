@@ -97,15 +97,24 @@ class DistillOptions:
 
 @dataclass(frozen=True)
 class TeacherInfo:
-    """What a method may need to know about teacher i (layer mappings, widths)."""
+    """What a method may need to know about teacher i (layer mappings, widths).
+    num_key_value_heads: the K/V heads of grouped-query attention (None: one per head)."""
     num_layers: int
     hidden_size: int
     num_attention_heads: int
+    num_key_value_heads: Optional[int] = None
 
     def __post_init__(self):
         for field in fields(self):
-            if getattr(self, field.name) <= 0:
-                raise ValueError(f"TeacherInfo.{field.name} must be positive, got {getattr(self, field.name)}")
+            value = getattr(self, field.name)
+            if value is not None and value <= 0:
+                raise ValueError(f"TeacherInfo.{field.name} must be positive, got {value}")
+
+    @property
+    def key_value_width(self) -> int:
+        """The width of the K and V projections: hidden_size, or less under grouped-query attention."""
+        heads = self.num_key_value_heads or self.num_attention_heads
+        return self.hidden_size // self.num_attention_heads * heads
 
 
 @dataclass(frozen=True)

@@ -367,6 +367,7 @@ class HFTapModel(nn.Module):
         recorder("position_ids", glm_position_ids(input_ids, padding))
         hf_positions = position_ids if position_ids is not None and position_ids.dim() == 2 else None
         replace_layers = recorder.intervention("layers")
+        hf_inputs.setdefault("use_cache", False)     # no generation here; a cache would also mix swapped layers
         self._recorder = recorder
         try:
             if replace_layers is None:

@@ -120,13 +120,16 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float):
-    """Weight decay on weights; none on biases and LayerNorm parameters (GLM's grouping)."""
-    decay, no_decay = [], []
+    """Weight decay on weights; none on biases and norm parameters (GLM's grouping, extended
+    to every 1-D parameter so that HF models' RMSNorm gains are not decayed). A parameter
+    owned by two modules (tied embeddings) is listed once."""
+    decay, no_decay, seen = [], [], set()
     for submodule in module.modules():
         is_norm = isinstance(submodule, torch.nn.LayerNorm)
         for name, param in submodule.named_parameters(recurse=False):
-            if param.requires_grad:
-                (no_decay if is_norm or name == "bias" else decay).append(param)
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                (no_decay if is_norm or name == "bias" or param.dim() == 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -75,7 +75,24 @@ class MiniLMv2(GLMStudent):
 
     def __init__(self, model: nn.Module, options, teachers: Sequence[TeacherInfo] = (), method_options=None):
         super().__init__(model, options, teachers, method_options)
-        self.require_config()
+        config = self.require_config()
+        if not self.method_options.minilmv2_wo_inter:
+            student = TeacherInfo(config.num_layers, config.hidden_size, config.num_attention_heads,
+                                  getattr(config, "num_key_value_heads", None))
+            for t_no, teacher in enumerate(self.teachers):
+                self._check_widths(self.method_options.relation_heads(t_no), ("the student", student),
+                                   (f"teacher {t_no}", teacher))
+
+    def _check_widths(self, heads: int, *models: Tuple[str, TeacherInfo]) -> None:
+        """Each Q and K/V width must split into the relation heads (grouped-query attention
+        makes K/V narrower than Q): a build-time error naming the widths."""
+        for who, info in models:
+            for kind, width in (("query", info.hidden_size), ("key/value", info.key_value_width)):
+                if width % heads:
+                    raise ValueError(f"minilmv2: {heads} relation heads do not divide {who}'s {kind} width {width} "
+                                     f"({info.num_key_value_heads or info.num_attention_heads} key/value heads of "
+                                     f"{info.num_attention_heads}); choose --minilmv2_relation_heads dividing "
+                                     f"every width")
 
     def teacher_layer(self, t_no: int) -> int:
         """0-based index of the teacher layer `minilmv2_teacher_layer` names."""
