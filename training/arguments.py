@@ -21,7 +21,7 @@ from distill.options import option_flags
 from distill.random_data import RandomDataOptions
 
 from .config import (ArchConfig, ConfigError, DataConfig, DistillConfig, DistributedConfig, FinetuneConfig,
-                     ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, VocabMapConfig)
+                     HFConfig, ModelOptions, OptimConfig, RunConfig, TeacherConfig, TrainConfig, VocabMapConfig)
 from .flags import all_flags, build_parser, combiner_groups, student_method_groups
 
 # The original's method names that this implementation does not build (ERDistill's flags were
@@ -192,12 +192,102 @@ def _block_lm(values: _Reader) -> Dict[str, Any]:
     return {**{name: values[name] for name in names}, "max_seq_length": values["seq_length"]}
 
 
+def student_layer_spec(text: str, teacher_layers: int) -> List[int]:
+    """--hf_student_layers: "bottom:K", "stride:K" or a list "2,6,10" -> the kept teacher layers."""
+    from model.hf_init import keep_layers
+    name, _, count = text.partition(":")
+    try:
+        if name.strip() in ("bottom", "stride"):
+            if not count.strip().isdigit():
+                raise ValueError(f"{name} needs the student's layer count, e.g. {name}:6")
+            return keep_layers(name, teacher_layers, int(count))
+        return keep_layers(text, teacher_layers)
+    except ValueError as error:
+        raise ConfigError(f"--hf_student_layers={text}: {error}") from None
+
+
+def _hf_models(values: "_Reader", stage: str):
+    """(HFConfig, the student's ArchConfig, the teachers) of a run with Hugging Face models, read
+    from the folders' config.json now; (HFConfig(), None, None) without them."""
+    from .hf_models import arch_of, read_hf_config
+    names = ("hf_model", "teacher_hf_model", "mt_hf_model", "hf_student_layers", "hf_objective", "hf_mask_prob")
+    values.used.update(names)
+    listed = values.get("mt_hf_model")
+    teachers = tuple(listed.split(":")) if listed else ((values["teacher_hf_model"],) if values.get(
+        "teacher_hf_model") else ())
+    hf = HFConfig(student=values.get("hf_model"), teachers=teachers, student_layers=values.get("hf_student_layers"),
+                  objective=values.get("hf_objective") or "auto", mask_prob=values.get("hf_mask_prob", 0.15))
+    if not hf.enabled:
+        return hf, None, None
+    glm_teachers = [flag for flag in ("teacher_load_pretrained", "mt_load_pretrained") if values.get(flag)]
+    if glm_teachers and teachers:
+        raise ConfigError(f"--{glm_teachers[0]} (a GLM teacher) with Hugging Face teachers: mixing GLM and HF "
+                          f"teachers is not supported yet")
+    if stage != "pretrain":
+        raise ConfigError("Hugging Face models distil in pretrain.py (language modelling) for now; fine-tuning "
+                          "them on tasks is not supported yet")
+    if not 0.0 < hf.mask_prob < 1.0:
+        raise ConfigError(f"--hf_mask_prob={hf.mask_prob} must lie in (0, 1)")
+    teacher_configs = [read_hf_config(folder, f"teacher {t_no} (--mt_hf_model)" if listed else "--teacher_hf_model")
+                       for t_no, folder in enumerate(teachers)]
+    if hf.student_layers is not None:
+        if hf.student is not None:
+            raise ConfigError("--hf_student_layers builds the student from teacher 0's layers; --hf_model names "
+                              "another student: give one of them")
+        if not teacher_configs:
+            raise ConfigError("--hf_student_layers needs a teacher (--teacher_hf_model) to take the layers from")
+        source = teacher_configs[0]
+        keep = student_layer_spec(hf.student_layers, arch_of(source).num_layers)
+        student_arch = arch_of(source, num_layers=len(keep))
+    elif hf.student is not None:
+        student_arch = arch_of(read_hf_config(hf.student, "--hf_model"))
+    else:
+        raise ConfigError("Hugging Face teachers need a Hugging Face student: give --hf_model (a folder) or "
+                          "--hf_student_layers (layers of teacher 0)")
+    disable = _split_list("mt_disable_operation", values.get("mt_disable_operation") or "0", int)
+    disable = disable * len(teachers) if len(disable) == 1 else disable
+    if len(disable) != len(teachers):
+        raise ConfigError(f"--mt_disable_operation lists {len(disable)} values for {len(teachers)} teachers")
+    built = tuple(TeacherConfig(arch_of(config), folder, half_precision=bool(values.get("teacher_fp16")),
+                                disabled=bool(disable[t_no]),
+                                flag_names={name: f"the config.json of {folder}"
+                                            for name in ("num_layers", "hidden_size", "num_attention_heads")})
+                  for t_no, (config, folder) in enumerate(zip(teacher_configs, teachers)))
+    return hf, student_arch, built
+
+
+def _check_hf(config: RunConfig) -> None:
+    """What Hugging Face models cannot do here, before anything is built."""
+    if not config.hf.enabled:
+        return
+    if config.distributed.model_parallel_size > 1:
+        raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size}: Hugging Face models run "
+                          f"data parallel only (model parallelism is GLM's)")
+    glm_only = [flag for flag, on in (("--map_vocab_size", config.arch.map_vocab_size),
+                                      ("--inverted_bottleneck_mode", config.arch.inverted_bottleneck_mode),
+                                      ("--compress_word_emb", config.arch.compress_word_emb),
+                                      ("--ib_word_emb", config.arch.ib_word_emb),
+                                      ("--cross_layer_parameter_sharing", config.arch.cross_layer_parameter_sharing),
+                                      ("--student_build_map_vocab", config.vocab_map.student_build_map_vocab)) if on]
+    if glm_only:
+        raise ConfigError(f"{glm_only[0]} is a GLM-only architecture option; the student is a Hugging Face model")
+    if config.train.checkpoint_activations:
+        raise ConfigError("--checkpoint-activations with a Hugging Face student is not supported: a recomputed layer "
+                          "would not re-apply the method's interventions (silently wrong gradients)")
+    if config.distill.student_truncate_tn is not None:
+        raise ConfigError("--student_truncate_tn copies GLM layers; for a Hugging Face student use "
+                          "--hf_student_layers")
+    if config.train.load_pretrained:
+        raise ConfigError("--load-pretrained loads GLM weights; a Hugging Face student's weights come from --hf_model")
+
+
 def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> RunConfig:
     values = _Reader(values)
     _check_methods(values, explicit)
     student = values["student_model"]
     combiner = values["multi_teacher_model"] or None
-    teachers = build_teachers(values, values.used)
+    hf, hf_arch, hf_teachers = _hf_models(values, stage)
+    teachers = hf_teachers if hf_teachers is not None else build_teachers(values, values.used)
     if student is not None and not teachers:
         raise ConfigError(f"--student_model={student} needs a teacher: give --teacher_load_pretrained (or the "
                           f"--mt_* lists)")
@@ -229,11 +319,17 @@ def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> 
     data = DataConfig(**{**values.pick(DataConfig), "train_data": tuple(values["train_data"] or ()),
                          "valid_data": tuple(values["valid_data"] or ()), "test_data": tuple(values["test_data"] or ()),
                          "block_lm": _block_lm(values)})
+    arch = ArchConfig(**values.pick(ArchConfig))
+    if hf_arch is not None:   # the sizes are the HF student's; GLM-only options stay for _check_hf to refuse
+        arch = replace(arch, num_layers=hf_arch.num_layers, hidden_size=hf_arch.hidden_size,
+                       num_attention_heads=hf_arch.num_attention_heads,
+                       max_position_embeddings=hf_arch.max_position_embeddings)
     config = RunConfig(
-        stage=stage, arch=ArchConfig(**values.pick(ArchConfig)), model=ModelOptions(**values.pick(ModelOptions)),
+        stage=stage, arch=arch, model=ModelOptions(**values.pick(ModelOptions)),
         teachers=teachers, optim=OptimConfig(**values.pick(OptimConfig)), train=TrainConfig(**values.pick(TrainConfig)),
         distributed=DistributedConfig(**values.pick(DistributedConfig)), data=data,
-        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, vocab_map=vocab_map)
+        finetune=FinetuneConfig(**values.pick(FinetuneConfig)), distill=distill, vocab_map=vocab_map, hf=hf)
+    _check_hf(config)
     _validate(config)
     ignored = sorted((explicit - values.used - _HARMLESS) | (explicit & _no_effect_options()))
     if ignored:

@@ -210,6 +210,32 @@ class VocabMapConfig:
     map_vocab_table: Optional[str] = None
 
 
+HF_OBJECTIVES = ("auto", "causal", "masked")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """Hugging Face models (model/hf.py). student: the student's folder (weights, or only a
+    config.json for a fresh student); teachers: one folder per teacher; student_layers: build
+    the student from teacher 0's layers ("bottom:K", "stride:K" or a list "2,6,10"); objective:
+    the LM objective (auto: masked for encoders, causal for decoders); mask_prob: masked LM's
+    share of masked tokens."""
+    student: Optional[str] = None
+    teachers: Tuple[str, ...] = ()
+    student_layers: Optional[str] = None
+    objective: str = "auto"
+    mask_prob: float = 0.15
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.student or self.teachers or self.student_layers)
+
+    @property
+    def student_source(self) -> Optional[str]:
+        """The folder the student's tokenizer (and, when layer-dropped, its layers) comes from."""
+        return self.student or (self.teachers[0] if self.teachers else None)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     stage: str
@@ -223,6 +249,7 @@ class RunConfig:
     finetune: FinetuneConfig
     distill: DistillConfig
     vocab_map: VocabMapConfig = field(default_factory=VocabMapConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
 
     def __post_init__(self):
         if self.stage not in STAGES:

@@ -42,7 +42,7 @@ def _group(group: str, *flags: Flag) -> Tuple[Flag, ...]:
 
 
 GENERIC_GROUPS = ("model", "fp16", "train", "eval", "data", "block-lm", "finetune", "distributed",
-                  "custom", "distill", "teacher", "multi-teacher")
+                  "custom", "distill", "teacher", "multi-teacher", "hf")
 
 TOKENIZER_TYPES = ("CharacterLevelTokenizer", "SentencePieceTokenizer", "BertWordPieceTokenizer",
                    "GPT2BPETokenizer", "ChineseSPTokenizer")
@@ -361,6 +361,19 @@ GENERIC_FLAGS: Tuple[Flag, ...] = (
         _switch("--mt_has_grad", "Train the teachers as submodules of the student."),
         _switch("--student_use_empty_glm", "Replace the student GLM by a placeholder to train only the teachers."),
         _value("--mt_load_from_s", str, None, "Student checkpoint to load the teachers' weights from."),
+    ),
+    # ---- Hugging Face models --------------------------------------------------------------------
+    *_group(
+        "hf",
+        _value("--hf_model", str, None,
+               "Hugging Face student folder: weights and tokenizer, or only config.json for a fresh student."),
+        _value("--teacher_hf_model", str, None, "Hugging Face teacher folder (weights, config.json, tokenizer)."),
+        _value("--mt_hf_model", str, None, "Colon list of Hugging Face teacher folders, one per teacher."),
+        _value("--hf_student_layers", str, None,
+               "Build the student from teacher 0's layers: bottom:K, stride:K or a list such as 2,6,10."),
+        _value("--hf_objective", str, "auto", "LM objective of Hugging Face models (auto: masked for encoders, "
+               "causal for decoders).", choices=("auto", "causal", "masked")),
+        _value("--hf_mask_prob", float, 0.15, "Share of masked tokens in masked-LM batches."),
     ),
 )
 

@@ -257,6 +257,9 @@ def _run_locked(cfg: RunConfig, env, ctx: RunContext) -> Dict[str, Any]:
     ds_config, values = resolve_training_values(cfg)
     batch_size = values["batch_size"] or cfg.train.batch_size   # the micro-batch per rank
     engines.set_random_seed(cfg.train.seed)
+    if cfg.hf.enabled:
+        from .hf_run import run_hf
+        return run_hf(cfg, env, ctx, _log, _start_writing, ds_config, values, batch_size)
     tokenizer = build_run_tokenizer(cfg)
     vocab_size = mpu.pad_vocab_size(tokenizer.num_tokens, cfg.model.make_vocab_size_divisible_by,
                                     mpu.get_model_parallel_world_size())

@@ -1,0 +1,111 @@
+"""Hugging Face model folders as students and teachers: reading and checking a folder's
+config.json (at parse time, before anything is built), loading the model for the run's
+objective, the layer-dropped student, the tokenizer and the teachers' agreement with it.
+
+Everything loads offline from local folders (`local_files_only=True`).
+"""
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from model.hf import MODEL_TYPES, HFTapModel, family_of
+
+from .config import ArchConfig, ConfigError
+
+ENCODER_TYPES = ("bert", "roberta")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def read_hf_config(folder: str, what: str):
+    """The transformers config of a model folder; ConfigError naming `what` and the folder
+    when it is not one, or its architecture is not supported."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"{what}={folder}: no such folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{what}={folder} is not a Hugging Face model folder: it has no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{what}={folder}: config.json is not valid JSON ({error})") from None
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"{what}={folder}: unsupported Hugging Face architecture {model_type!r}; supported model "
+                          f"types: {', '.join(sorted(MODEL_TYPES))}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(str(path), local_files_only=True)
+
+
+def has_weights(folder: str) -> bool:
+    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+
+
+def arch_of(config, num_layers: Optional[int] = None) -> ArchConfig:
+    """The sizes of an HF config as the run's ArchConfig (the layer count overridable)."""
+    family_of(config.model_type)   # NotImplementedError for an unsupported architecture
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
+    return ArchConfig(num_layers=num_layers or layers, hidden_size=config.hidden_size,
+                      num_attention_heads=config.num_attention_heads, max_position_embeddings=positions)
+
+
+def objective_of(config, requested: str = "auto") -> str:
+    """masked LM for encoders, causal LM for decoders (or the requested one, checked)."""
+    natural = "masked" if config.model_type in ENCODER_TYPES else "causal"
+    if requested not in ("auto", natural):
+        raise ConfigError(f"--hf_objective={requested} does not fit a {config.model_type} model "
+                          f"({natural} LM does)")
+    return natural
+
+
+def _auto_class(objective: str):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    return AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+
+
+def load_hf_model(folder: str, objective: str, dtype: torch.dtype = torch.float32) -> HFTapModel:
+    """The folder's model with its LM head (weights, or a fresh model from config.json alone)."""
+    cls = _auto_class(objective)
+    if has_weights(folder):
+        model = cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    else:
+        model = cls.from_config(read_hf_config(folder, "the model"), dtype=dtype)
+    return HFTapModel(model)
+
+
+def load_tokenizer(folder: str, what: str):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{what}={folder}: no usable tokenizer in the folder ({error})") from None
+
+
+def tokenizer_mismatch(ours, theirs) -> Optional[str]:
+    """None when both tokenizers map the same tokens to the same ids; otherwise both sizes and
+    the first differing token."""
+    mine, other = ours.get_vocab(), theirs.get_vocab()
+    if mine == other:
+        return None
+    by_id = {i: t for t, i in mine.items()}
+    other_by_id = {i: t for t, i in other.items()}
+    for index in range(max(len(by_id), len(other_by_id))):
+        if by_id.get(index) != other_by_id.get(index):
+            return (f"{len(mine)} against {len(other)} tokens; the first difference is id {index}: "
+                    f"{by_id.get(index)!r} against {other_by_id.get(index)!r}")
+    return f"{len(mine)} against {len(other)} tokens"
+
+
+def check_tokenizers(student_folder: str, teacher_folders: List[str]) -> None:
+    """Every teacher reads the student's tokenisation: ConfigError naming both folders otherwise."""
+    ours = load_tokenizer(student_folder, "the student's tokenizer")
+    for t_no, folder in enumerate(teacher_folders):
+        difference = tokenizer_mismatch(ours, load_tokenizer(folder, f"teacher {t_no}"))
+        if difference is not None:
+            raise ConfigError(f"teacher {t_no} ({folder}) and the student ({student_folder}) have different "
+                              f"vocabularies: {difference}; distillation feeds both the same token ids")

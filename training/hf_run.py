@@ -1,0 +1,164 @@
+"""A run whose student and teachers are Hugging Face models: language-modelling distillation
+on a text/JSONL corpus (pretrain.py with --hf_model / --teacher_hf_model / --mt_hf_model /
+--hf_student_layers). The engine, optimizer, LR schedule, trainer, checkpoints, resume,
+metrics and progress bar are the GLM run's; what differs is built here: the models (offline
+from their folders), the tokenizer (the student's folder), the batches (`data_utils.hf_lm`)
+and, at the end, the student exported as a folder `AutoModelFor...from_pretrained` loads
+(`<save>/hf_student`).
+"""
+from pathlib import Path
+from typing import Any, Dict, List
+
+import mpu
+from data_utils.hf_lm import LMBatches, corpus_blocks, special_ids
+from distill.distill_model import TeacherInfo, build_student
+from model.hf_init import export_student, layer_dropped_student
+
+from . import engine as engines
+from .config import ConfigError, RunConfig
+from .hf_models import check_tokenizers, load_hf_model, load_tokenizer, objective_of, read_hf_config
+from .lr_schedule import build_lr_scheduler
+from .metrics_log import MetricsLogger
+from .multi_teacher import build_combiner, method_teacher_infos
+from .stages import HFLanguageModelStage
+from .teachers import Teacher, teacher_dtype
+from .trainer import LoopSettings, Trainer
+
+EXPORT_FOLDER = "hf_student"
+
+
+def _teachers(cfg: RunConfig, objective: str, env, log) -> List[Teacher]:
+    teachers = []
+    for t_no, teacher_cfg in enumerate(cfg.teachers):
+        dtype = teacher_dtype(teacher_cfg.half_precision, env.device)
+        module = load_hf_model(teacher_cfg.load_pretrained, objective, dtype).to(env.device).eval()
+        for param in module.parameters():
+            param.requires_grad_(False)
+        log(f"[teacher {t_no}] {teacher_cfg.load_pretrained}: {module.config.model_type}, "
+            f"{module.config.num_layers} layers, {sum(p.numel() for p in module.parameters()):,} parameters")
+        teachers.append(Teacher(module, teacher_cfg, dtype))
+    return teachers
+
+
+def _student(cfg: RunConfig, objective: str, teachers: List[Teacher], log):
+    hf = cfg.hf
+    if hf.student_layers is not None:
+        from .arguments import student_layer_spec
+        source = teachers[0].module
+        keep = student_layer_spec(hf.student_layers, source.config.num_layers)
+        engines.set_random_seed(cfg.train.seed)
+        student = layer_dropped_student(source.hf.float(), keep)
+        source.hf.to(teachers[0].dtype)
+        student.train()
+        for param in student.parameters():
+            param.requires_grad_(True)
+        log(f"student: teacher 0's layers {keep} ({len(keep)} of {source.config.num_layers}), width kept")
+        from model.hf import HFTapModel
+        return HFTapModel(student)
+    engines.set_random_seed(cfg.train.seed)
+    module = load_hf_model(hf.student, objective)
+    log(f"student: {hf.student} ({module.config.model_type}, {module.config.num_layers} layers)")
+    return module
+
+
+def build_hf_models(cfg: RunConfig, stage, env, log):
+    """(student module, method wrapper or None, combiner or None, teachers)."""
+    objective = objective_of(read_hf_config(cfg.hf.student_source, "the student"), cfg.hf.objective)
+    teachers = _teachers(cfg, objective, env, log) if cfg.distill.enabled or cfg.hf.student_layers else []
+    student_module = _student(cfg, objective, teachers, log)
+    student = combiner = None
+    if cfg.distill.enabled:
+        infos = [TeacherInfo(t.module.config.num_layers, t.module.config.hidden_size,
+                             t.module.config.num_attention_heads, t.module.config.num_key_value_heads)
+                 for t in teachers]
+        try:
+            student = build_student(cfg.distill.student_model, student_module, cfg.distill.options,
+                                    method_teacher_infos(cfg, infos), method_options=cfg.distill.method_options)
+        except (ValueError, NotImplementedError) as error:
+            raise ConfigError(f"--student_model={cfg.distill.student_model} on Hugging Face models: {error}") from None
+        student.bind_teachers([teacher.module for teacher in teachers])
+        combiner = build_combiner(cfg, stage, student, student_module.config.vocab_size, log=log)
+    return student_module, student, combiner, teachers
+
+
+def build_hf_data(cfg: RunConfig, tokenizer, objective: str, env, batch_size: int):
+    """(training batches, validation batches) of the corpus."""
+    if not cfg.data.train_data:
+        raise ConfigError("pretraining needs --train-data (a text or JSONL file, or a folder of them)")
+    for path in cfg.data.train_data:
+        if not Path(path).exists():
+            raise ConfigError(f"--train-data={path}: no such file or folder")
+    ids = special_ids(tokenizer, objective)
+    block = cfg.data.seq_length - (2 if objective == "masked" else 0)   # masked LM adds [CLS] ... [SEP]
+    train, valid, _ = corpus_blocks(cfg.data.train_data, tokenizer, block, cfg.data.split, cfg.train.seed,
+                                    ids.separator, text_key=cfg.data.text_key)
+    make = lambda blocks, seed: LMBatches(blocks, objective, ids, batch_size, mpu.get_data_parallel_rank(),
+                                          mpu.get_data_parallel_world_size(), seed, env.device, cfg.hf.mask_prob)
+    try:
+        train_batches = make(train, cfg.train.seed)
+    except ValueError as error:
+        raise ConfigError(f"{', '.join(cfg.data.train_data)}: the training split is too small ({error})") from None
+    valid_batches = []
+    if valid.size(0) >= batch_size * mpu.get_data_parallel_world_size():
+        valid_batches = make(valid, cfg.train.seed + 1).take(cfg.train.eval_iters)
+    return train_batches, valid_batches
+
+
+def run_hf(cfg: RunConfig, env, ctx, log, start_writing, ds_config: Dict[str, Any], values: Dict[str, Any],
+           batch_size: int) -> Dict[str, Any]:
+    """Build the HF run and train; returns what `training.run.run` returns."""
+    tokenizer_folder = cfg.hf.student_source
+    if cfg.hf.student is not None and cfg.hf.teachers:
+        check_tokenizers(cfg.hf.student, list(cfg.hf.teachers))
+    tokenizer = load_tokenizer(tokenizer_folder, "the student's tokenizer")
+    objective = objective_of(read_hf_config(tokenizer_folder, "the student"), cfg.hf.objective)
+    log(f"tokenizer: {tokenizer_folder} ({len(tokenizer)} tokens); objective: {objective} LM")
+    stage = HFLanguageModelStage("pretrain")
+    train_data, valid = build_hf_data(cfg, tokenizer, objective, env, batch_size)
+    total_iters = cfg.train.train_iters
+    if not total_iters:
+        raise ConfigError("nothing to train: give --train-iters")
+    student_module, student, combiner, teachers = build_hf_models(cfg, stage, env, log)
+    module = student if student is not None else student_module
+    engine, optimizer = _engine(cfg, module, env, student is not None, ds_config, values)
+    lr_scheduler = build_lr_scheduler(optimizer, values["lr"], max(total_iters, 1), cfg.optim.lr_decay_iters,
+                                      cfg.optim.warmup, cfg.optim.lr_decay_style, cfg.optim.lr_decay_ratio)
+    forward = lambda *inputs: engine(*inputs)
+    evaluate = (lambda: stage.evaluate(forward, valid)) if valid else None
+    logger = MetricsLogger(ctx.save_dir, total_iters, enabled=env.is_main, open_now=False,
+                           tensorboard=not cfg.train.custom_no_summary_writer, desc="pretrain")
+    settings = LoopSettings(
+        total_iters=total_iters, gradient_accumulation_steps=values["gradient_accumulation_steps"],
+        log_interval=cfg.train.log_interval, save_dir=ctx.save_dir, save_interval=cfg.train.save_interval,
+        eval_interval=cfg.train.eval_interval, forward_repeat_num=cfg.train.forward_repeat_num,
+        ignore_first_backward_gard=cfg.train.ignore_first_backward_gard, custom_first_eval=cfg.train.custom_first_eval,
+        custom_tmp_result=cfg.train.custom_tmp_result, no_save=cfg.train.custom_no_save_checkpoint,
+        seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss)
+    hf_config = student_module.hf.config.to_dict()
+    recorded = {"model_config": hf_config, "model_family": "hf",
+                "tokenizer": {"folder": str(tokenizer_folder), "num_tokens": len(tokenizer)}}
+    run_record = cfg.to_dict()
+    trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
+                      logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,
+                      client_extras={"run_config": run_record, **recorded})
+    if cfg.train.load:
+        trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
+                       load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
+    start_writing(cfg, ctx, env, {"run": run_record, "model": hf_config, "deepspeed": ds_config})
+    logger.open(initial_step=trainer.state.iteration)
+    try:
+        state = trainer.train()
+    finally:
+        logger.close()
+    result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
+    if ctx.save_dir and env.is_main and not cfg.train.custom_no_save_checkpoint:
+        folder = Path(ctx.save_dir) / EXPORT_FOLDER
+        export_student(student_module, folder, tokenizer_dir=tokenizer_folder, overwrite=True)
+        log(f"exported the student to {folder} (AutoModelFor{'MaskedLM' if objective == 'masked' else 'CausalLM'})")
+        result["export"] = str(folder)
+    return result
+
+
+def _engine(cfg: RunConfig, module, env, find_unused: bool, ds_config: Dict[str, Any], values: Dict[str, Any]):
+    from .run import build_engine
+    return build_engine(cfg, module, env, find_unused=find_unused, ds_config=ds_config, values=values)
