@@ -64,6 +64,24 @@ def test_a_layer_dropped_llama_student_distils_resumes_exactly_and_exports(folde
     for key, value in exported.state_dict().items():
         assert torch.equal(value, whole["hf." + key]), key
     assert (run / "hf_student" / "tokenizer.json").is_file()
+    # export_hf.py writes the same folder from the checkpoint; an existing one needs --force.
+    import export_hf
+    assert export_hf.main([str(run), str(tmp_path / "again")]) == 0
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "again"), local_files_only=True)
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, exported.state_dict()[key]), key
+    assert export_hf.main([str(run), str(tmp_path / "again")]) == 1
+    assert export_hf.main([str(run), str(tmp_path / "again"), "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_export_hf_refuses_a_glm_checkpoint(tmp_path, capsys):
+    import export_hf
+    from cli_fixtures import pretrained_run
+    _, _, run = pretrained_run(tmp_path)
+    assert export_hf.main([str(run), str(tmp_path / "out")]) == 1
+    assert "is not a Hugging Face student's checkpoint (model family 'glm')" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_fresh_bert_student_from_a_config_learns_from_its_teacher(folders, tmp_path):

@@ -109,3 +109,28 @@ def check_tokenizers(student_folder: str, teacher_folders: List[str]) -> None:
         if difference is not None:
             raise ConfigError(f"teacher {t_no} ({folder}) and the student ({student_folder}) have different "
                               f"vocabularies: {difference}; distillation feeds both the same token ids")
+
+
+def student_from_checkpoint(checkpoint_dir: str):
+    """(the HF student model of a run's checkpoint, the tokenizer folder the run recorded): the
+    model built from the recorded config.json values with the checkpoint's `hf.*` weights
+    (strict); auxiliary layers and the combiner (`student.*`) are left out."""
+    from model.checkpoint import CheckpointError
+    from .checkpointing import read_model_states
+    states = read_model_states(checkpoint_dir, 0, 1)
+    if states.get("model_family") != "hf":
+        raise CheckpointError(f"{checkpoint_dir} is not a Hugging Face student's checkpoint (model family "
+                              f"{states.get('model_family')!r}); export_hf.py exports runs of --hf_model / "
+                              f"--hf_student_layers")
+    from transformers import AutoConfig
+    values = dict(states["model_config"])
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    objective = "masked" if config.model_type in ENCODER_TYPES else "causal"
+    model = _auto_class(objective).from_config(config)
+    weights = {key[len("hf."):]: value for key, value in states["module"].items() if key.startswith("hf.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name in missing if name in getattr(model, "_tied_weights_keys", None) or ()}
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{checkpoint_dir}: the weights do not fit the recorded {config.model_type} config "
+                              f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval(), (states.get("tokenizer") or {}).get("folder")
