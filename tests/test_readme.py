@@ -21,7 +21,8 @@ DEMO_COMMAND = "pip install -r requirements.txt && python examples/kd_demo.py"
 TEST_COMMAND_MARK = "python -m pytest"
 # Appended to the README's commands so they finish in seconds (argparse keeps the last value).
 FEWER_STEPS = {"pretrain.py": ["--train-iters=3", "--eval-interval=3", "--eval-iters=2"],
-               "finetune.py": ["--epochs=1"], "change_mp.py": [], "auto_tune.py": [], "vocab_sort.py": []}
+               "finetune.py": ["--epochs=1"], "change_mp.py": [], "auto_tune.py": [], "vocab_sort.py": [],
+               "tiny_hf_models.py": [], "export_hf.py": []}
 
 
 def _blocks(language: str):
@@ -79,9 +80,15 @@ def test_every_readme_command_runs(demo):
         done = subprocess.run(_argv(command, root), cwd=root, capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         ran += 1
-    # pretrain, two finetune, torchrun, deepspeed, change_mp; GLMD: vocab_sort, GLMD+al x 3, GLMD-vc x 3;
-    # auto_tune: sweep, show_tune, test; TAKD x 2, DGKD
-    assert ran == 19
+    # pretrain, two finetune, torchrun, deepspeed, change_mp; Hugging Face: stand-in folders, two runs,
+    # export; GLMD: vocab_sort, GLMD+al x 3, GLMD-vc x 3; auto_tune: sweep, show_tune, test; TAKD x 2, DGKD
+    assert ran == 23
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    llama = AutoModelForCausalLM.from_pretrained(str(root / "runs/demo/llama-student"), local_files_only=True)
+    assert llama.config.num_hidden_layers == 2                          # stride:2 of the 4-layer teacher
+    bert = AutoModelForMaskedLM.from_pretrained(str(root / "runs/demo/hf-bert-tinybert/hf_student"),
+                                                local_files_only=True)
+    assert bert.config.num_hidden_layers == 2
     table = root / ".pytorch_pretrained_bert" / "BertWordPieceTokenizer_bert-base-uncased.txt"
     assert table.is_file()
     from model.checkpoint import load_model_shard
