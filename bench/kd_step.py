@@ -1,12 +1,15 @@
 """Benchmark: one KD training step of this engine against plain PyTorch, same sizes, same run.
 
-    python bench/kd_step.py [--steps 20] [--batch 8] [--seq 128] [--vocab 8192] [--device cpu]
+    python bench/kd_step.py [--models glm|hf] [--steps 20] [--batch 8] [--seq 128] [--vocab 8192] [--device cpu]
 
 Both sides do the same work per step: a teacher forward without gradients, a student forward
 and backward, and an AdamW step, on a loss of T^2 * KL(teacher || student) over every token plus
 the token cross-entropy. "glmkd" is this project's path (GLMModel on mpu layers, the KD student
 wrapper and AvgTeacher, the trainer's micro-step on the torch engine); "plain" is a pre-LN
 transformer written with torch.nn (nn.TransformerEncoderLayer, tied output) and F.kl_div.
+With `--models hf` both sides use the same Hugging Face Llama models (grouped-query attention,
+random weights) on the causal-LM objective: "glmkd" wraps them in `model.hf.HFTapModel` and
+runs the trainer's micro-step with `HFLanguageModelStage`; "plain" calls the HF models directly.
 Each variant runs in its own process so its peak memory (peak RSS on CPU, peak allocated on
 GPU) is its own. Prints both and their ratio.
 """
@@ -103,6 +106,91 @@ def run_glmkd(args, queue):
     queue.put(("glmkd", steps_per_second, peak_mb(device)))
 
 
+def _llama(args, layers, hidden):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(vocab_size=args.vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                        num_attention_heads=args.heads, num_key_value_heads=args.heads // 2,
+                                        intermediate_size=4 * hidden, max_position_embeddings=args.seq))
+
+
+def _lm_batch(args, device):
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
+    target = torch.cat([text[:, 1:], text[:, :1]], dim=1)                        # the next token
+    loss_mask = torch.ones(args.batch, args.seq)
+    loss_mask[:, -1] = 0.0
+    batch = {"text": text, "attention_mask": torch.ones_like(text), "target": target, "loss_mask": loss_mask}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_hf_glmkd(args, queue):
+    from distill.distill_model import DistillOptions, TeacherInfo, build_student
+    from distill.multi_teacher_model import AvgTeacherOptions, build_multi_teacher
+    from model.hf import HFTapModel
+    from training.config import ArchConfig, TeacherConfig
+    from training.engine import DistEnv, TorchTrainEngine, build_optimizer
+    from training.metrics_log import MetricsLogger
+    from training.stages import HFLanguageModelStage
+    from training.teachers import Teacher
+    from training.trainer import LoopSettings, Trainer
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    teacher_model = HFTapModel(_llama(args, args.teacher_layers, args.teacher_hidden)).to(device).eval()
+    for p in teacher_model.parameters():
+        p.requires_grad_(False)
+    options = DistillOptions(distill_pt_soft=True, distill_pt_hard=True, distill_temperature=2.0)
+    student = build_student("kd", HFTapModel(_llama(args, args.student_layers, args.student_hidden)).to(device),
+                            options, [TeacherInfo(args.teacher_layers, args.teacher_hidden, args.heads)])
+    env = DistEnv(0, 1, 0, device, "gloo")
+    engine = TorchTrainEngine(student, build_optimizer(student, 1e-4, 0.01, (0.9, 0.999), 1e-8), env, 1, 1.0)
+    teacher = Teacher(teacher_model, TeacherConfig(ArchConfig(), None), torch.float32)
+    batch = _lm_batch(args, device)
+
+    class Data:
+        def __next__(self):
+            return batch
+
+    class Schedule:
+        step = lambda self: None
+        get_lr = lambda self: 1e-4
+
+    trainer = Trainer(engine=engine, stage=HFLanguageModelStage(), data=Data(), lr_scheduler=Schedule(),
+                      settings=LoopSettings(total_iters=10 ** 9, gradient_accumulation_steps=1, log_interval=0,
+                                            save_dir=None),
+                      logger=MetricsLogger(None, 0, enabled=False), student=student,
+                      combiner=build_multi_teacher(None, AvgTeacherOptions(), options), teachers=[teacher])
+    steps_per_second = 1.0 / seconds_per_step(lambda: trainer.micro_step(batch), args.steps, args.warmup, device)
+    queue.put(("glmkd", steps_per_second, peak_mb(device)))
+
+
+def run_hf_plain(args, queue):
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    teacher = _llama(args, args.teacher_layers, args.teacher_hidden).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = _llama(args, args.student_layers, args.student_hidden).to(device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    batch = _lm_batch(args, device)
+    temperature = 2.0
+
+    def step():
+        with torch.no_grad():
+            t_logits = teacher(input_ids=batch["text"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        s_logits = student(input_ids=batch["text"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        ce = F.cross_entropy(s_logits.flatten(0, 1), batch["target"].flatten(), reduction="none")
+        hard = (ce * batch["loss_mask"].flatten()).sum() / batch["loss_mask"].sum()
+        kl = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
+                      log_target=True, reduction="none").sum(-1)
+        loss = temperature ** 2 * (kl * batch["loss_mask"]).mean() + hard
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    queue.put(("plain", 1.0 / seconds_per_step(step, args.steps, args.warmup, device), peak_mb(device)))
+
+
 def run_plain(args, queue):
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -137,6 +225,8 @@ def run_plain(args, queue):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", choices=("glm", "hf"), default="glm",
+                        help="GLM models (this project's) or Hugging Face Llama models on both sides")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
@@ -151,7 +241,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("spawn")
     results = {}
-    for target in (run_plain, run_glmkd):
+    for target in ((run_plain, run_glmkd) if args.models == "glm" else (run_hf_plain, run_hf_glmkd)):
         queue = context.Queue()
         process = context.Process(target=target, args=(args, queue))
         process.start()
@@ -159,7 +249,8 @@ def main(argv=None) -> int:
         process.join()
         results[name] = (speed, peak)
     tokens = args.batch * args.seq
-    print(f"KD step: batch {args.batch} x seq {args.seq}, vocab {args.vocab}, teacher {args.teacher_layers}x"
+    print(f"KD step ({args.models} models): batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
+          f"teacher {args.teacher_layers}x"
           f"{args.teacher_hidden}, student {args.student_layers}x{args.student_hidden}, {args.device}, "
           f"{torch.get_num_threads()} threads")
     print("| variant | steps/s | tokens/s | peak memory (MB) |\n|---|---|---|---|")
