@@ -361,10 +361,9 @@ class GLMStudent(nn.Module):
 
         KD: 0, plus the base-class logits term with --distill_logits_parallel:
         T^2 * KL(z_s/T || z_t/T) (or the --distill_logit_loss divergence; MSE with
-        --distill_logit_mse) of the LM logits at every
-        token row (choice-expanded in cloze fine-tuning), non-pad rows only with
-        --distill_logit_mask_pad; the same loss as GLMD's (`logits_distillation_loss`).
-        Methods that override inter_loss add this term by calling super()."""
+        --distill_logit_mse) of the LM logits at every token row (choice-expanded in cloze
+        fine-tuning), non-pad rows only with --distill_logit_mask_pad; the same loss as GLMD's
+        (`logits_distillation_loss`). Methods that override inter_loss add this term by calling super()."""
         total = self.zero(s_out)
         if not self.options.distill_logits_parallel:
             return total, {}
@@ -411,11 +410,10 @@ class GLMStudent(nn.Module):
         the [B] fp32 loss and the detached metrics {"kd/soft", "kd/hard"} of the enabled terms. A term is enabled by
         its stage's flag and a nonzero rate; with neither enabled the loss is exactly 0.
         The soft term: see `DistillOptions`; KL (and every divergence of --distill_logit_loss)
-        carries T^2, CE and MSE do not; `mse_t_w`
-        scales the teacher logits of the MSE. Soft-term mask m: 1 without loss_mask (cloze
-        fine-tuning) or with distill_wo_loss_mask; labels > 0 with distill_only_mask_pad and
-        token-level labels; otherwise loss_mask. Reduction: `sample_mean` (per sample, the plain
-        mean over its rows, masked ones included).
+        carries T^2, CE and MSE do not; `mse_t_w` scales the teacher logits of the MSE.
+        Soft-term mask m: 1 without loss_mask (cloze fine-tuning) or with distill_wo_loss_mask;
+        labels > 0 with distill_only_mask_pad and token-level labels; otherwise loss_mask.
+        Reduction: `sample_mean` (per sample, the plain mean over its rows, masked ones included).
 
         Fixed on purpose: the fine-tuning soft MSE applies m (the original lost it
         to a `maks=` typo); masked rows never produce NaN (fully padded rows give 0); a masked

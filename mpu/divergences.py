@@ -105,7 +105,7 @@ class MixtureKL:
 
     def grad_terms(self, log_ps: torch.Tensor, log_pt: torch.Tensor, need_student: bool, need_teacher: bool
                    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(p_s * dL/dp_s, p_t * dL/dp_t) elementwise, each up to a multiple of p (which the softmax
+        """(p_s * dL/dp_s, p_t * dL/dp_t) elementwise, each up to an added multiple of p (which the softmax
         Jacobian removes), None when not needed. [n, V'] -> [n, V'].
 
         dL/dp_s = b (log p_s - log m + 1) - (1 - w) q / m, dL/dp_t = a (log p_t - log m + 1) - w q / m,
