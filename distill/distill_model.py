@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from model import GLMConfig, ModelOutput, TapConfig, glm_model_of, tap_config_of
 
-from .losses import fold_samples, non_pad_mask, sample_mean, soft_loss, zero_loss
+from .losses import DIVERGENCES, fold_samples, non_pad_mask, sample_mean, soft_loss, zero_loss
 from .losses_glmd import DROPPED_LOGIT, VocabView, kept_fraction, logits_distillation_loss, restrict_columns
 from .options import option
 from .registry import Registry
@@ -45,6 +45,14 @@ class DistillOptions:
     `distill_logit_mse`) between the LM logits at every token position, over non-pad positions
     with `distill_logit_mask_pad`. `distill_logit_mask_map`: under vocabulary compression, every
     logits KL (this term, GLMD's, and the token-level soft term) runs over the kept ids only.
+
+    `distill_logit_loss` chooses the divergence of every KL-type logits term: the soft term
+    (pretraining's T^2 * KL; in fine-tuning the default soft CE, which is the forward KL plus
+    the teacher's entropy, and --distill_ft_soft_kl), this base-class logits term, GLMD's
+    (`logitsdistil`) and DistilBERT's. "fkl" (the default) is today's loss, unchanged; any other
+    choice (rkl, jsd with `distill_jsd_beta`, skl/srkl with `distill_skew_alpha`, tvd; see
+    `losses.DIVERGENCES`) carries T^2 as the KL does and refuses the CE/MSE variants
+    (--distill_pt_soft_ce, --distill_*_soft_mse, --distill_logit_mse), which are not divergences.
     """
     distill_ft_soft: bool = option(False, "Enable the soft-label term in fine-tuning.")
     distill_ft_hard: bool = option(False, "Enable the hard-label term in fine-tuning.")
@@ -65,6 +73,15 @@ class DistillOptions:
     distill_logit_mse: bool = option(False, "Use MSE for the --distill_logits_parallel loss.")
     distill_logit_mask_map: bool = option(
         False, "Restrict logits distillation to the kept vocabulary under compression.")
+    distill_logit_loss: str = option(
+        "fkl", "Divergence of the KD soft term and of every logits term: fkl (forward KL, the original's), rkl "
+        "(reverse KL), jsd (generalised Jensen-Shannon), skl / srkl (skew forward / reverse KL), tvd (total "
+        "variation).", choices=DIVERGENCES)
+    distill_jsd_beta: float = option(
+        0.5, "beta of --distill_logit_loss=jsd, in [0, 1]: the mixture's teacher share (0: forward KL, 1: reverse KL).")
+    distill_skew_alpha: float = option(
+        0.1, "alpha of --distill_logit_loss=skl/srkl, in [0, 1): the share of the first distribution in the "
+        "mixture it is compared with (0: plain KL).")
 
     CONFLICTS = (("distill_ft_soft_kl", "distill_ft_soft_mse"), ("distill_pt_soft_ce", "distill_pt_soft_mse"),
                  ("distill_wo_loss_mask", "distill_only_mask_pad"))
@@ -87,9 +104,39 @@ class DistillOptions:
         for variant in ("distill_logit_mask_pad", "distill_logit_mse"):
             if getattr(self, variant) and not self.distill_logits_parallel:
                 warnings.warn(f"--{variant} has no effect without --distill_logits_parallel", stacklevel=3)
+        self._check_divergence()
+
+    NOT_DIVERGENCES = ("distill_pt_soft_ce", "distill_pt_soft_mse", "distill_ft_soft_mse", "distill_logit_mse")
+
+    def _check_divergence(self) -> None:
+        """--distill_logit_loss: a known name, beta in [0, 1], alpha in [0, 1), no CE/MSE variant
+        beside a non-default choice; a beta or alpha the choice does not use warns."""
+        name, beta, alpha = self.distill_logit_loss, self.distill_jsd_beta, self.distill_skew_alpha
+        if name not in DIVERGENCES:
+            raise ValueError(f"unknown distill_logit_loss {name!r}; valid: {', '.join(DIVERGENCES)}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"distill_jsd_beta must lie in [0, 1], got {beta}")
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"distill_skew_alpha must lie in [0, 1), got {alpha}")
+        if name != "fkl":
+            for variant in self.NOT_DIVERGENCES:
+                if getattr(self, variant):
+                    raise ValueError(f"--distill_logit_loss={name} and --{variant} conflict: the divergence replaces "
+                                     f"the KL, not the CE or MSE variants")
+        if beta != 0.5 and name != "jsd":
+            warnings.warn("--distill_jsd_beta has no effect without --distill_logit_loss=jsd", stacklevel=4)
+        if alpha != 0.1 and name not in ("skl", "srkl"):
+            warnings.warn("--distill_skew_alpha has no effect without --distill_logit_loss=skl or srkl", stacklevel=4)
+
+    def divergence_parameters(self) -> Dict[str, float]:
+        """The keyword hyper-parameters of `losses.soft_loss` for the chosen divergence."""
+        return dict(jsd_beta=self.distill_jsd_beta, skew_alpha=self.distill_skew_alpha)
 
     def soft_kind(self, finetune: bool) -> str:
-        """The soft loss of a stage: "ce", "kl" or "mse"."""
+        """The soft loss of a stage: "ce", "kl" or "mse", or the non-default --distill_logit_loss
+        (in place of the KL, and of fine-tuning's default CE)."""
+        if self.distill_logit_loss != "fkl":   # the CE/MSE variants were refused with it
+            return self.distill_logit_loss
         if finetune:
             return "mse" if self.distill_ft_soft_mse else "kl" if self.distill_ft_soft_kl else "ce"
         return "mse" if self.distill_pt_soft_mse else "ce" if self.distill_pt_soft_ce else "kl"
@@ -313,10 +360,10 @@ class GLMStudent(nn.Module):
         """Intermediate-layer loss against teacher `t_no`, per sample [B].
 
         KD: 0, plus the base-class logits term with --distill_logits_parallel:
-        T^2 * KL(z_s/T || z_t/T) (MSE with --distill_logit_mse) of the LM logits at every
-        token row (choice-expanded in cloze fine-tuning), non-pad rows only with
-        --distill_logit_mask_pad; the same loss as GLMD's (`logits_distillation_loss`).
-        Methods that override inter_loss add this term by calling super()."""
+        T^2 * KL(z_s/T || z_t/T) (or the --distill_logit_loss divergence; MSE with
+        --distill_logit_mse) of the LM logits at every token row (choice-expanded in cloze
+        fine-tuning), non-pad rows only with --distill_logit_mask_pad; the same loss as GLMD's
+        (`logits_distillation_loss`). Methods that override inter_loss add this term by calling super()."""
         total = self.zero(s_out)
         if not self.options.distill_logits_parallel:
             return total, {}
@@ -343,14 +390,16 @@ class GLMStudent(nn.Module):
                          self.options.distill_logit_mask_map)
 
     def logits_loss(self, s_logits: Tensor, t_logits: Tensor, **options) -> Tuple[Tensor, Metrics]:
-        """`logits_distillation_loss` per row ([N] over the B*S rows) at this run's temperature,
-        with the teacher's logits lined up with a compressed student's (`vocab_view`)."""
+        """`logits_distillation_loss` per row ([N] over the B*S rows) at this run's temperature and
+        divergence (--distill_logit_loss), with the teacher's logits lined up with a compressed
+        student's (`vocab_view`)."""
         view = self.vocab_view()
         column_keep = None
         if view is not None:
             s_logits, t_logits, column_keep = view.align(s_logits, t_logits)
         return logits_distillation_loss(s_logits, t_logits.detach(), temperature=self.options.distill_temperature,
-                                        column_keep=column_keep, **options)
+                                        column_keep=column_keep, divergence=self.options.distill_logit_loss,
+                                        **self.options.divergence_parameters(), **options)
 
     def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch,
                  step: StepInfo = StepInfo(), t_no: int = 0, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
@@ -360,11 +409,11 @@ class GLMStudent(nn.Module):
         student's hard loss, [B], or a scalar (the batch's, counted for every sample). Returns
         the [B] fp32 loss and the detached metrics {"kd/soft", "kd/hard"} of the enabled terms. A term is enabled by
         its stage's flag and a nonzero rate; with neither enabled the loss is exactly 0.
-        The soft term: see `DistillOptions`; KL carries T^2, CE and MSE do not; `mse_t_w`
-        scales the teacher logits of the MSE. Soft-term mask m: 1 without loss_mask (cloze
-        fine-tuning) or with distill_wo_loss_mask; labels > 0 with distill_only_mask_pad and
-        token-level labels; otherwise loss_mask. Reduction: `sample_mean` (per sample, the plain
-        mean over its rows, masked ones included).
+        The soft term: see `DistillOptions`; KL (and every divergence of --distill_logit_loss)
+        carries T^2, CE and MSE do not; `mse_t_w` scales the teacher logits of the MSE.
+        Soft-term mask m: 1 without loss_mask (cloze fine-tuning) or with distill_wo_loss_mask;
+        labels > 0 with distill_only_mask_pad and token-level labels; otherwise loss_mask.
+        Reduction: `sample_mean` (per sample, the plain mean over its rows, masked ones included).
 
         Fixed on purpose: the fine-tuning soft MSE applies m (the original lost it
         to a `maks=` typo); masked rows never produce NaN (fully padded rows give 0); a masked
@@ -404,11 +453,11 @@ class GLMStudent(nn.Module):
             s_logits, t_logits = restrict_columns(s_logits, t_logits, column_keep,
                                                   0.0 if kind == "mse" else DROPPED_LOGIT)
         rows = soft_loss(kind, s_logits, t_logits, vocab_parallel=batch.token_level, temperature=temperature,
-                         teacher_weight=mse_t_w, mask=mask)
+                         teacher_weight=mse_t_w, mask=mask, **self.options.divergence_parameters())
         if kind == "mse" and column_keep is not None:   # a mean over the kept columns, not all V
             rows = rows / kept_fraction(column_keep)
         loss = sample_mean(rows, mask)
-        return loss * temperature ** 2 if kind == "kl" else loss
+        return loss if kind in ("ce", "mse") else loss * temperature ** 2   # T^2: the KL and the divergences
 
     def soft_mask(self, batch: DistillBatch) -> Optional[Tensor]:
         """The soft-term mask m of `pre_loss` ([B, S] or None for m = 1)."""

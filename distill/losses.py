@@ -8,6 +8,12 @@ and returns one value per row (`[...]` = the logits' shape without the last dime
   functions, whose all-reduces over `group` (None: the model-parallel group) are the only
   collectives here.
 
+Besides the original's soft CE, KL and MSE, the divergences that --distill_logit_loss chooses
+(`DIVERGENCES`; definitions in `mpu.divergences`): forward KL (`kl_divergence`), `reverse_kl`,
+`jsd` (TRL's generalised Jensen-Shannon), `skew_kl` and `skew_reverse_kl` (DistiLLM) and
+`total_variation`. The replicated ones differentiate the elementwise terms of
+`mpu.MixtureKL`/`mpu.TotalVariation` by autograd; the parallel ones use their hand-written backward.
+
 `mask` (`[...]`, nonzero = keep) zeroes masked rows exactly: their logits are replaced by
 zeros before the math and their loss after it, so a fully masked row gives 0 with a zero
 gradient even when its logits hold inf or NaN. `sample_mean` is the original's `CustomLoss`
@@ -86,6 +92,57 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
     return torch.where(keep, loss, torch.zeros((), device=loss.device))
 
 
+def _divergence_rows(divergence: "mpu.Divergence", student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """`divergence` (an `mpu.MixtureKL` or `mpu.TotalVariation`) per row, by autograd through its
+    elementwise terms. logits: [..., C] -> [...] fp32 (no T^2)."""
+    _check_temperature(temperature)
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    s, t = _masked_inputs(student_logits, teacher_logits, keep)
+    terms = divergence.terms(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1))
+    loss = terms.sum(dim=-1)
+    return torch.where(keep, loss, torch.zeros((), device=loss.device))
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """KL(softmax(s/T) || softmax(t/T)) per row. logits: [..., C] -> [...] fp32 (no T^2)."""
+    return _divergence_rows(mpu.MixtureKL.reverse_kl(), student_logits, teacher_logits, temperature, mask)
+
+
+def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, beta: float = 0.5, temperature: float = 1.0,
+        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence per row (TRL's GKD): with p_t, p_s the softened
+    distributions and m = beta p_t + (1 - beta) p_s, JSD_beta = beta KL(p_t || m) + (1 - beta) KL(p_s || m)
+    for 0 < beta < 1; beta = 0 is forward KL and beta = 1 reverse KL (TRL's endpoints: JSD_beta / beta
+    tends to forward KL as beta -> 0, JSD_beta / (1 - beta) to reverse KL as beta -> 1).
+    logits: [..., C] -> [...] fp32 (no T^2)."""
+    divergence = mpu.MixtureKL.jsd(beta)
+    if divergence == mpu.MixtureKL.forward_kl():
+        return kl_divergence(student_logits, teacher_logits, temperature=temperature, mask=mask)
+    return _divergence_rows(divergence, student_logits, teacher_logits, temperature, mask)
+
+
+def skew_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.1,
+            temperature: float = 1.0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """DistiLLM's skew KL per row: KL(p_t || alpha p_t + (1 - alpha) p_s), alpha in [0, 1) (0: forward
+    KL). logits: [..., C] -> [...] fp32 (no T^2)."""
+    return _divergence_rows(mpu.MixtureKL.skew_kl(alpha), student_logits, teacher_logits, temperature, mask)
+
+
+def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.1,
+                    temperature: float = 1.0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """DistiLLM's skew reverse KL per row: KL(p_s || alpha p_s + (1 - alpha) p_t), alpha in [0, 1) (0:
+    reverse KL). logits: [..., C] -> [...] fp32 (no T^2)."""
+    return _divergence_rows(mpu.MixtureKL.skew_reverse_kl(alpha), student_logits, teacher_logits, temperature, mask)
+
+
+def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """0.5 * sum_c |softmax(t/T)_c - softmax(s/T)_c| per row. logits: [..., C] -> [...] fp32."""
+    return _divergence_rows(mpu.TotalVariation(), student_logits, teacher_logits, temperature, mask)
+
+
 def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, teacher_weight: float = 1.0,
         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """mean_c (s_c - w * t_c)^2 per row. logits: [..., C] -> [...] fp32."""
@@ -98,18 +155,60 @@ def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, teacher_w
 # --------------------------------------------------------------------------- vocabulary-parallel logits
 def parallel_soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                                 temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
-                                group: ProcessGroup = None) -> torch.Tensor:
+                                group: ProcessGroup = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """`soft_cross_entropy` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
     keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
-    return mpu.vocab_parallel_soft_cross_entropy(student_logits, teacher_logits, temperature, keep, group)
+    return mpu.vocab_parallel_soft_cross_entropy(student_logits, teacher_logits, temperature, keep, group, chunk_size)
 
 
 def parallel_kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                            temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
-                           group: ProcessGroup = None) -> torch.Tensor:
+                           group: ProcessGroup = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """`kl_divergence` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
     keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
-    return mpu.vocab_parallel_kl_div(student_logits, teacher_logits, temperature, keep, group)
+    return mpu.vocab_parallel_kl_div(student_logits, teacher_logits, temperature, keep, group, chunk_size)
+
+
+def parallel_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                        mask: Optional[torch.Tensor] = None, group: ProcessGroup = None,
+                        chunk_size: Optional[int] = None) -> torch.Tensor:
+    """`reverse_kl` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_reverse_kl(student_logits, teacher_logits, temperature, keep, group, chunk_size)
+
+
+def parallel_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, beta: float = 0.5,
+                 temperature: float = 1.0, mask: Optional[torch.Tensor] = None, group: ProcessGroup = None,
+                 chunk_size: Optional[int] = None) -> torch.Tensor:
+    """`jsd` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_jsd(student_logits, teacher_logits, temperature, keep, group, chunk_size, beta=beta)
+
+
+def parallel_skew_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.1,
+                     temperature: float = 1.0, mask: Optional[torch.Tensor] = None, group: ProcessGroup = None,
+                     chunk_size: Optional[int] = None) -> torch.Tensor:
+    """`skew_kl` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_skew_kl(student_logits, teacher_logits, temperature, keep, group, chunk_size,
+                                      alpha=alpha)
+
+
+def parallel_skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.1,
+                             temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
+                             group: ProcessGroup = None, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """`skew_reverse_kl` over the whole vocabulary. logits: [..., V/p] -> [...] fp32 (no T^2)."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_skew_reverse_kl(student_logits, teacher_logits, temperature, keep, group, chunk_size,
+                                              alpha=alpha)
+
+
+def parallel_total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                             temperature: float = 1.0, mask: Optional[torch.Tensor] = None,
+                             group: ProcessGroup = None, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """`total_variation` over the whole vocabulary. logits: [..., V/p] -> [...] fp32."""
+    keep = _keep(mask, student_logits.shape[:-1], student_logits.device)
+    return mpu.vocab_parallel_total_variation(student_logits, teacher_logits, temperature, keep, group, chunk_size)
 
 
 def parallel_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, teacher_weight: float = 1.0,
@@ -181,19 +280,35 @@ SOFT_LOSSES: Dict[tuple, SoftLoss] = {
     ("ce", False): soft_cross_entropy, ("ce", True): parallel_soft_cross_entropy,
     ("kl", False): kl_divergence, ("kl", True): parallel_kl_divergence,
     ("mse", False): mse, ("mse", True): parallel_mse,
+    ("rkl", False): reverse_kl, ("rkl", True): parallel_reverse_kl,
+    ("jsd", False): jsd, ("jsd", True): parallel_jsd,
+    ("skl", False): skew_kl, ("skl", True): parallel_skew_kl,
+    ("srkl", False): skew_reverse_kl, ("srkl", True): parallel_skew_reverse_kl,
+    ("tvd", False): total_variation, ("tvd", True): parallel_total_variation,
 }
+# The divergences of --distill_logit_loss; "fkl" (forward KL, the original's) is the soft loss "kl".
+DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
+# The keyword hyper-parameters of each soft loss (others: temperature only).
+_HYPER_PARAMETERS = {"mse": ("teacher_weight",), "jsd": ("temperature", "beta"), "skl": ("temperature", "alpha"),
+                     "srkl": ("temperature", "alpha")}
 
 
 def soft_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, vocab_parallel: bool,
-              temperature: float = 1.0, teacher_weight: float = 1.0, mask: Optional[torch.Tensor] = None,
-              group: ProcessGroup = None) -> torch.Tensor:
-    """Per-row soft loss `kind` in {"ce", "kl", "mse"} (MSE ignores the temperature, the
-    others the teacher weight). logits: [..., C] or [..., V/p] -> [...] fp32."""
+              temperature: float = 1.0, teacher_weight: float = 1.0, jsd_beta: float = 0.5, skew_alpha: float = 0.1,
+              mask: Optional[torch.Tensor] = None, group: ProcessGroup = None,
+              chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Per-row soft loss `kind`: "ce", "kl" (or "fkl"), "mse", or a divergence "rkl", "jsd" (with
+    `jsd_beta`), "skl", "srkl" (with `skew_alpha`), "tvd". MSE takes the teacher weight and no
+    temperature, the others the temperature. `chunk_size`: rows at a time of the
+    vocabulary-parallel softmax losses. logits: [..., C] or [..., V/p] -> [...] fp32 (no T^2)."""
+    kind = "kl" if kind == "fkl" else kind
     if (kind, vocab_parallel) not in SOFT_LOSSES:
-        raise KeyError(f"unknown soft loss {kind!r}; valid: ce, kl, mse")
-    kwargs = dict(mask=mask, group=group) if vocab_parallel else dict(mask=mask)
-    if kind == "mse":
-        kwargs["teacher_weight"] = teacher_weight
-    else:
-        kwargs["temperature"] = temperature
+        raise KeyError(f"unknown soft loss {kind!r}; valid: ce, kl, mse, {', '.join(DIVERGENCES)}")
+    given = dict(temperature=temperature, teacher_weight=teacher_weight, beta=jsd_beta, alpha=skew_alpha)
+    kwargs = {name: given[name] for name in _HYPER_PARAMETERS.get(kind, ("temperature",))}
+    kwargs["mask"] = mask
+    if vocab_parallel:
+        kwargs["group"] = group
+        if kind != "mse":
+            kwargs["chunk_size"] = chunk_size
     return SOFT_LOSSES[kind, vocab_parallel](student_logits, teacher_logits, **kwargs)

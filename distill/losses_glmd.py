@@ -3,8 +3,9 @@ vocabulary-compressed student's logits line up with a teacher's (`VocabView`).
 
 Logits arrive vocabulary-parallel, `[..., V/p]` (this rank's columns of the vocabulary); every
 collective is over `group` (None: the model-parallel group), and the full vocabulary is never
-gathered: the softmax statistics are all-reduced (`mpu.vocab_parallel_kl_div`), the MSE sums
-are all-reduced, and top-n gathers only each rank's local top-n values and indices.
+gathered: the softmax statistics are all-reduced (`mpu.vocab_parallel_kl_div`, or the
+--distill_logit_loss divergence of `mpu.divergences`), the MSE sums are all-reduced, and top-n
+gathers only each rank's local top-n values and indices.
 
 `mask` (`[...]`, nonzero = keep) is a token mask: a masked row contributes 0 and still counts
 in the mean (`sample_mean`). The original multiplied the logits by the mask instead, which
@@ -20,7 +21,7 @@ import torch.distributed as dist
 import mpu
 from mpu.mappings import ProcessGroup, all_reduce_no_grad, group_rank, group_size, resolve_group
 
-from .losses import _keep, kl_divergence, parallel_mse, sample_mean
+from .losses import _keep, parallel_mse, sample_mean, soft_loss
 from .losses import mse as mse_rows
 
 # Rows at a time inside the vocabulary-parallel KL: bounds its fp32 temporaries to
@@ -141,32 +142,34 @@ def top_n_hinge(s_logits: torch.Tensor, top_index: torch.Tensor, s_top: torch.Te
 
 
 def _row_loss(s: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, temperature: float, mse: bool,
-              group: ProcessGroup, vocab_parallel: bool) -> torch.Tensor:
-    """Per-row T^2 * KL(p_t || p_s), or the MSE mean over the (whole) last dim. [N, V'] -> [N] fp32.
+              group: ProcessGroup, vocab_parallel: bool, divergence: str, jsd_beta: float, skew_alpha: float
+              ) -> torch.Tensor:
+    """Per-row T^2 * the divergence (a `soft_loss` kind, with its `jsd_beta` / `skew_alpha`), or the
+    MSE mean over the (whole) last dim. [N, V'] -> [N] fp32.
 
     vocab_parallel: [N, V/p] shards (collectives over `group`); else replicated [N, n]."""
     if mse:
         return parallel_mse(s, t, mask=keep, group=group) if vocab_parallel else mse_rows(s, t, mask=keep)
-    if vocab_parallel:
-        rows = mpu.vocab_parallel_kl_div(s, t, temperature, keep, group, chunk_size=KL_CHUNK_ROWS)
-    else:
-        rows = kl_divergence(s, t, temperature=temperature, mask=keep)
+    rows = soft_loss(divergence, s, t, vocab_parallel=vocab_parallel, temperature=temperature, jsd_beta=jsd_beta,
+                     skew_alpha=skew_alpha, mask=keep, group=group, chunk_size=KL_CHUNK_ROWS)
     return rows * temperature ** 2
 
 
 def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel: torch.Tensor, *,
                              temperature: float = 1.0, mask: Optional[torch.Tensor] = None, mse: bool = False,
                              group: ProcessGroup = None, top_n: Optional[float] = None, teacher_min: bool = False,
-                             column_keep: Optional[torch.Tensor] = None
-                             ) -> Tuple[torch.Tensor, dict]:
+                             column_keep: Optional[torch.Tensor] = None, divergence: str = "fkl",
+                             jsd_beta: float = 0.5, skew_alpha: float = 0.1) -> Tuple[torch.Tensor, dict]:
     """GLMD's logits loss over every token position.
 
     s_logits_parallel, t_logits_parallel: [B, S, V/p]; mask: [B, S] (nonzero = keep) or None.
-    Loss per row: T^2 * KL(softmax(t/T) || softmax(s/T)), or with `mse` the mean over the whole
-    vocabulary of (s - t)^2. top_n (n, or a fraction of V in (0, 1)): with `teacher_min` the
-    teacher's logits below its n-th largest are set to its minimum first; otherwise the loss
-    runs over the teacher's global top-n ids only (student gathered there), plus the hinge
-    `top_n_hinge`. Reduction: per row, the mean over its S positions (masked ones count) -> [B].
+    Loss per row: T^2 * KL(softmax(t/T) || softmax(s/T)) (`divergence` "fkl"; or T^2 times another
+    of `losses.DIVERGENCES`, with `jsd_beta` / `skew_alpha`), or with `mse` the mean over the whole
+    vocabulary of (s - t)^2 (a divergence other than "fkl" refuses it). top_n (n, or a fraction
+    of V in (0, 1)): with `teacher_min` the teacher's logits below its n-th largest are set to
+    its minimum first; otherwise the loss runs over the teacher's global top-n ids only (student
+    gathered there; the divergence of the two distributions renormalised over those ids), plus
+    the hinge `top_n_hinge`. Reduction: per row, the mean over its S positions (masked ones count) -> [B].
     Returns (loss, {"logits/hinge": ...} when the hinge is on).
     """
     if s_logits_parallel.shape != t_logits_parallel.shape:
@@ -174,6 +177,8 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
                          f"{tuple(t_logits_parallel.shape)} differ in shape")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if mse and divergence != "fkl":
+        raise ValueError(f"the logits MSE and the divergence {divergence!r} exclude each other")
     rows_shape = s_logits_parallel.shape[:-1]
     keep = _keep(mask, rows_shape, s_logits_parallel.device).reshape(-1)        # [N]
     per_rank = s_logits_parallel.size(-1)
@@ -198,7 +203,8 @@ def logits_distillation_loss(s_logits_parallel: torch.Tensor, t_logits_parallel:
             hinge = top_n_hinge(s, top_index, s_top, keep, group)
             s, t = s_top, t_top
             metrics["logits/hinge"] = hinge.detach()
-    rows = _row_loss(s, t, keep, temperature, mse, group, vocab_parallel=hinge is None)
+    rows = _row_loss(s, t, keep, temperature, mse, group, vocab_parallel=hinge is None, divergence=divergence,
+                     jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     if mse and hinge is None and column_keep is not None:   # a mean over the kept columns, not all V
         rows = rows / kept_fraction(column_keep, group)
     loss = sample_mean(rows.reshape(rows_shape))                                        # [B, S] -> [B]

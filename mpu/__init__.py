@@ -1,11 +1,14 @@
 """Megatron-style tensor (model) parallelism on torch.distributed (gloo on CPU, nccl on GPU).
 
-The public API of Megatron-LM v1's `mpu`, plus the vocabulary-parallel soft-label losses
-that distillation needs and the partition metadata that `change_mp.py` reads.
+The public API of Megatron-LM v1's `mpu`, plus the vocabulary-parallel soft-label losses and
+divergences that distillation needs and the partition metadata that `change_mp.py` reads.
 """
 from .cross_entropy import (vocab_parallel_cross_entropy, vocab_parallel_entropy, vocab_parallel_kl_div,
                             vocab_parallel_select, vocab_parallel_soft_cross_entropy, vocab_parallel_take)
 from .data import broadcast_data
+from .divergences import (Divergence, MixtureKL, TotalVariation, vocab_parallel_divergence, vocab_parallel_jsd,
+                          vocab_parallel_reverse_kl, vocab_parallel_skew_kl, vocab_parallel_skew_reverse_kl,
+                          vocab_parallel_total_variation)
 from .grads import clip_grad_norm
 from .initialize import (destroy_model_parallel, get_data_parallel_group, get_data_parallel_rank,
                          get_data_parallel_world_size, get_model_parallel_group, get_model_parallel_rank,

@@ -115,13 +115,14 @@ def _soft_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     With p_t = exp(t - lse_t) (sum 1 over the whole vocabulary):
     KL = sum p_t (t - s) - lse_t + lse_s and CE = -sum p_t s + lse_s, so each needs only dot
     products of p_t with the logits (few passes over [n, V/p]). Where a logit is infinite those
-    products are NaN; such chunks take the elementwise form with 0 log 0 = 0."""
+    products are NaN; such chunks take the elementwise form with 0 log 0 = 0 (also where the
+    student's logit is -inf too: a token neither side can produce)."""
     s, t = _scaled(student, temperature), _scaled(teacher, temperature)
     s_lse, t_lse = _logsumexp(s, group), _logsumexp(t, group)
     p_t = (t - t_lse).exp_()
     local = torch.linalg.vecdot(p_t, t - s) if kind == "kl" else -torch.linalg.vecdot(p_t, s)
     if torch.isnan(local).any():
-        log_ps = s - s_lse
+        log_ps = (s - s_lse).masked_fill_(p_t == 0, 0.0)
         local = (torch.xlogy(p_t, p_t) - p_t * log_ps).sum(-1) if kind == "kl" else -(p_t * log_ps).sum(-1)
         shift = 0.0
     else:
@@ -167,6 +168,7 @@ class _VocabParallelSoftLoss(torch.autograd.Function):
                 log_ps = s - s_lse[rows]
                 inner = (t - t_lse[rows]).sub_(log_ps) if ctx.kind == "kl" else log_ps.neg_()
                 g = inner.sub_(loss[rows].unsqueeze(-1)).mul_(p_t).mul_(scale[rows])
+                g.masked_fill_(p_t == 0, 0.0)   # 0 * (-inf - -inf) where both logits are -inf
                 g[dropped] = 0.0
                 grad_t[rows] = g
         return grad_s, grad_t, None, None, None, None, None

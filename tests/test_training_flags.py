@@ -184,8 +184,11 @@ def test_groups():
     assert all(groups[name] for name in groups), [name for name in groups if not groups[name]]
     assert set(methods).isdisjoint(combiners)
     assert sum(len(flags) for flags in groups.values()) == len(FLAGS)
-    # The original's 378 flags, one group per method and per combiner that has options.
-    assert len(FLAGS) == 378 and len(methods) == 18 and len(combiners) == 5
+    # The original's 378 flags plus the ones this project added (issue 15's divergence choice), one
+    # group per method and per combiner that has options.
+    added = {"--distill_logit_loss", "--distill_jsd_beta", "--distill_skew_alpha"}
+    assert added <= set(BY_NAME) and {flag.group for flag in FLAGS if flag.name in added} == {"distill"}
+    assert len(FLAGS) == 378 + len(added) and len(methods) == 18 and len(combiners) == 5
 
 
 def test_method_groups_hold_exactly_their_prefix():

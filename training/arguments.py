@@ -398,6 +398,10 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"--model-parallel-size={config.distributed.model_parallel_size} does not divide the "
                               f"{teacher.arch.num_attention_heads} attention heads of teacher {i}")
     _validate_vocab_map(config)
+    divergence = config.distill.options.distill_logit_loss
+    if divergence != "fkl" and getattr(config.distill.method_options, "logitsdistil_mse", False):
+        raise ConfigError(f"--distill_logit_loss={divergence} and --logitsdistil_mse conflict: the divergence "
+                          f"replaces GLMD's KL, not its MSE variant")
     if config.stage == "finetune" and not config.finetune.task:
         raise ConfigError("finetune.py needs --task")
 

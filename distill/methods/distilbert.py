@@ -41,7 +41,8 @@ class DistilBERT(GLMStudent):
     final `output` (or, with `distilbert_fix_layernorm`, the last layer's `tf_output` through a
     trainable student LayerNorm and a frozen, fresh (affine-free) teacher LayerNorm); 0 without
     a loss mask (cloze fine-tuning) or when alpha_cos <= 0. pre_loss (replaces the base's) =
-    alpha_ce * T^2 * KL(z_t/T || z_s/T) + alpha_mlm * L_hard. Needs H_s = H_t.
+    alpha_ce * T^2 * KL(z_t/T || z_s/T) (or the --distill_logit_loss divergence) + alpha_mlm * L_hard.
+    Needs H_s = H_t.
 
     Masks: the Part-B loss mask; the non-pad mask (`DistillBatch.non_pad_mask`, position
     ids > 0) with the *_mask_padding switches. The original wrote that mask as `labels > 0`
@@ -96,11 +97,12 @@ class DistilBERT(GLMStudent):
 
     def pre_loss(self, s_logits: Tensor, t_logits: Tensor, hard_loss: Tensor, batch: DistillBatch,
                  step: StepInfo = StepInfo(), t_no: int = 0, mse_t_w: float = 1.0) -> Tuple[Tensor, Metrics]:
-        """Per sample [B]: alpha_ce * T^2 * KL (the `soft_mask` rows, `sample_mean`) + alpha_mlm * hard_loss."""
+        """Per sample [B]: alpha_ce * T^2 * KL (or the --distill_logit_loss divergence; the `soft_mask`
+        rows, `sample_mean`) + alpha_mlm * hard_loss."""
         options, temperature = self.method_options, self.options.distill_temperature
         mask = self.soft_mask(batch)
-        rows = soft_loss("kl", s_logits, t_logits, vocab_parallel=batch.token_level, temperature=temperature,
-                         mask=mask)                                                         # [B, S] or [B]
+        rows = soft_loss(self.options.distill_logit_loss, s_logits, t_logits, vocab_parallel=batch.token_level,
+                         temperature=temperature, mask=mask, **self.options.divergence_parameters())  # [B, S] or [B]
         soft = options.distilbert_alpha_ce * temperature ** 2 * sample_mean(rows, mask)    # [B]
         hard = options.distilbert_alpha_mlm * hard_loss.float().expand(s_logits.size(0))  # [B]
         return soft + hard, {"kd/soft": soft.detach().mean(), "kd/hard": hard.detach().mean()}
