@@ -184,10 +184,12 @@ def test_groups():
     assert all(groups[name] for name in groups), [name for name in groups if not groups[name]]
     assert set(methods).isdisjoint(combiners)
     assert sum(len(flags) for flags in groups.values()) == len(FLAGS)
-    # The original's 378 flags plus the ones this project added (issue 15's divergence choice), one
-    # group per method and per combiner that has options.
-    added = {"--distill_logit_loss", "--distill_jsd_beta", "--distill_skew_alpha"}
-    assert added <= set(BY_NAME) and {flag.group for flag in FLAGS if flag.name in added} == {"distill"}
+    # The original's 378 flags plus the ones this project added (the divergence choice; Hugging Face
+    # models), one group per method and per combiner that has options.
+    added = {"--distill_logit_loss": "distill", "--distill_jsd_beta": "distill", "--distill_skew_alpha": "distill",
+             "--hf_model": "hf", "--teacher_hf_model": "hf", "--mt_hf_model": "hf", "--hf_student_layers": "hf",
+             "--hf_objective": "hf", "--hf_mask_prob": "hf"}
+    assert {flag.name: flag.group for flag in FLAGS if flag.name in added} == added
     assert len(FLAGS) == 378 + len(added) and len(methods) == 18 and len(combiners) == 5
 
 
