@@ -449,11 +449,14 @@ def test_option_validation_and_mismatched_models_fail_loudly():
     assert MiniLMv2Options(minilmv2_relation_heads_mt="8,16").relation_heads(1) == 16
     with pytest.raises(ValueError, match="comma list"):
         MiniLMv2Options(minilmv2_relation_heads_mt="8;16")
-    minilmv2 = build_student("minilmv2", GLMModel(glm_config(*NARROW)), DistillOptions(), [TeacherInfo(12, 52, 4)])
+    minilmv2 = build_student("minilmv2", GLMModel(glm_config(*NARROW)), DistillOptions(), [TeacherInfo(12, 52, 4)],
+                             dict(minilmv2_relation_heads=4))                   # 4 divides 28 and 52
     assert minilmv2.teacher_taps(0, StepInfo())[0] == "layers.11.mixed_query_layer"
+    with pytest.raises(ValueError, match="minilmv2: 48 relation heads do not divide the student's query width 28"):
+        build_student("minilmv2", GLMModel(glm_config(*NARROW)), DistillOptions(), [TeacherInfo(12, 52, 4)])
     with pytest.raises(ValueError, match="outside teacher 0's 4 layers"):
         build_student("minilmv2", GLMModel(glm_config(*NARROW)), DistillOptions(), [TeacherInfo(*TEACHER)],
-                      dict(minilmv2_teacher_layer=5)).teacher_taps(0, StepInfo())
+                      dict(minilmv2_teacher_layer=5, minilmv2_relation_heads=4)).teacher_taps(0, StepInfo())
     with pytest.raises(ValueError, match="equal num_attention_heads"):
         build_student("minilm", GLMModel(glm_config(*NARROW)), DistillOptions(), [TeacherInfo(4, 52, 13)])
     for method in ("distilbert", "pkd"):
