@@ -7,7 +7,8 @@
   (embeddings, final norm, heads) is copied as is.
 * `export_student(model, out_dir, tokenizer_dir)`: a folder that `AutoModelFor*.from_pretrained`
   loads in a process that knows nothing of this framework (safetensors weights, a config
-  without our registered attention, the tokenizer files), written atomically.
+  without our registered attention, the tokenizer files, or a tokenizer object's
+  `save_pretrained` files), written atomically.
 
 See `hf-interop-design.md`, section 4.
 """
@@ -254,7 +255,7 @@ def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
 
 
 def export_student(model: nn.Module, out_dir: Union[str, Path], tokenizer_dir: Union[str, Path, None] = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, tokenizer=None) -> Path:
     """Write `model` (an HFTapModel or a transformers PreTrainedModel; a trainer checkpoint's
     `hf.`-prefixed state dict is exported by loading it into HFTapModel(model) first) as a
     folder that `AutoModelFor*.from_pretrained(out_dir)` loads in a fresh process; returns out_dir.
@@ -262,12 +263,17 @@ def export_student(model: nn.Module, out_dir: Union[str, Path], tokenizer_dir: U
     The folder holds `save_pretrained`'s files (config.json, model.safetensors: transformers 5
     writes safetensors only; generation_config.json for generative models), config.json with
     no attention implementation (so the loader picks its default, not the "gkd_taps" it has
-    not registered), and the tokenizer files found in tokenizer_dir (TOKENIZER_FILES). It is
-    written into a temporary sibling folder and renamed into place. An existing non-empty
-    out_dir raises FileExistsError unless overwrite=True. The model itself is not changed
-    (save_pretrained records its dtype and architecture in its config).
+    not registered), and the tokenizer files found in tokenizer_dir (TOKENIZER_FILES) or, for a
+    tokenizer with no files to copy (one read from a GGUF file), what `tokenizer.save_pretrained`
+    writes (give one of tokenizer_dir and tokenizer). It is written into a temporary sibling
+    folder and renamed into place. An existing non-empty out_dir raises FileExistsError unless
+    overwrite=True. The model itself is not changed (save_pretrained records its dtype and
+    architecture in its config).
     """
     hf_model = _hf_model_of(model)
+    if tokenizer_dir is not None and tokenizer is not None:
+        raise ValueError("export_student takes the tokenizer as files (tokenizer_dir) or as an object (tokenizer), "
+                         "not both")
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +285,8 @@ def export_student(model: nn.Module, out_dir: Union[str, Path], tokenizer_dir: U
         strip_attention_implementation(staging / "config.json")
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
         _move_into_place(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -156,3 +156,26 @@ def test_a_recipe_trains_an_hf_student(family, name, recipe):
     again.load_state_dict(state_dict)
     for key, value in again.state_dict().items():
         assert torch.equal(value, state_dict[key]), key
+
+
+def test_a_tap_the_architecture_cannot_give_is_a_build_time_error():
+    """A base model has no LM head, so no `logits_parallel` for --distill_logits_parallel: the
+    error names the method, the side and the architecture before any step."""
+    from transformers import LlamaModel
+    from distill.distill_model import DistillOptions
+    from distill.multi_teacher_model import AvgTeacher, AvgTeacherOptions
+    from training.config import ArchConfig, ConfigError, TeacherConfig
+    from training.hf_run import check_method_taps
+    base = hf_model("llama", 2, 32, 4, seed=1)
+    headless = HFTapModel(LlamaModel(base.config))
+    teacher = Teacher(HFTapModel(hf_model("llama", 4, 32, 4, seed=2)).eval(), TeacherConfig(ArchConfig(), "t"),
+                      torch.float32)
+    options = DistillOptions(distill_logits_parallel=True)
+    for student_module, side in ((headless, "the student"), (HFTapModel(base), None)):
+        student = build_student("kd", student_module, options, [TeacherInfo(4, 32, 4, 2)])
+        if side is None:
+            check_method_taps("kd", student, student_module, [teacher], AvgTeacher(AvgTeacherOptions(), options))
+            continue
+        with pytest.raises(ConfigError, match=r"--student_model=kd: the student \(llama, LlamaModel\) has no tap "
+                                              r"'logits_parallel' \(no LM head\)"):
+            check_method_taps("kd", student, student_module, [teacher], AvgTeacher(AvgTeacherOptions(), options))

@@ -2,12 +2,18 @@
 config.json (at parse time, before anything is built), loading the model for the run's
 objective, the layer-dropped student, the tokenizer and the teachers' agreement with it.
 
-Everything loads offline from local folders (`local_files_only=True`).
+Everything loads offline from local folders (`local_files_only=True`). A model may also be a
+GGUF file (llama.cpp's format): a `.gguf` path, or a folder holding exactly one `.gguf` file and
+no config.json. transformers reads its config and tokenizer from the file's metadata and
+dequantises its weights to the requested dtype when the model is loaded (which needs the `gguf`
+and `accelerate` packages); the parse-time check reads the metadata only, once per process.
 """
+import copy
+import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -20,29 +26,86 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
+GGUF_SUFFIX = ".gguf"
+GGUF_PACKAGES = ("gguf", "accelerate")   # transformers reads GGUF with gguf; loads its weights with accelerate
+_GGUF_CONFIGS: Dict[Tuple[str, int, int], object] = {}   # (file, mtime_ns, size) -> config: read once
+
+
+def gguf_file(source: str) -> Optional[Path]:
+    """The GGUF file a model source names: the source itself when it is a `.gguf` file, the one
+    `.gguf` file of a folder that has no config.json; None otherwise (a folder with several is
+    refused by `read_hf_config`)."""
+    path = Path(source)
+    if path.is_file():
+        return path if path.suffix.lower() == GGUF_SUFFIX else None
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = _gguf_files(path)
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _gguf_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == GGUF_SUFFIX and p.is_file())
+
+
+def _gguf_config(file: Path, folder: str, what: str):
+    """The config in a GGUF file's metadata (no tensor is read), cached per file version."""
+    missing = [name for name in GGUF_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"{what}={folder} is a GGUF file, which needs the {' and '.join(missing)} "
+                          f"package{'s' if len(missing) > 1 else ''}: pip install {' '.join(GGUF_PACKAGES)}")
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _GGUF_CONFIGS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig
+        try:
+            _GGUF_CONFIGS[key] = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                            local_files_only=True)
+        except (OSError, ValueError, KeyError) as error:
+            raise ConfigError(f"{what}={folder}: not a GGUF model transformers reads ({error})") from None
+    return copy.deepcopy(_GGUF_CONFIGS[key])
+
+
+def _check_model_type(model_type, folder: str, what: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"{what}={folder}: unsupported Hugging Face architecture {model_type!r}; supported model "
+                          f"types: {', '.join(sorted(MODEL_TYPES))}")
+
+
 def read_hf_config(folder: str, what: str):
-    """The transformers config of a model folder; ConfigError naming `what` and the folder
-    when it is not one, or its architecture is not supported."""
+    """The transformers config of a model folder or GGUF file; ConfigError naming `what` and the
+    folder when it is neither, or its architecture is not supported."""
     path = Path(folder)
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        config = _gguf_config(gguf, folder, what)
+        _check_model_type(config.model_type, folder, what)
+        return config
+    if path.is_file():
+        raise ConfigError(f"{what}={folder} is a file, neither a Hugging Face model folder nor a {GGUF_SUFFIX} file")
     if not path.is_dir():
         raise ConfigError(f"{what}={folder}: no such folder")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ConfigError(f"{what}={folder} is not a Hugging Face model folder: it has no config.json")
+        several = _gguf_files(path)
+        if several:
+            raise ConfigError(f"{what}={folder} holds {len(several)} GGUF files "
+                              f"({', '.join(p.name for p in several)}): name one of them")
+        raise ConfigError(f"{what}={folder} is not a Hugging Face model folder: it has no config.json "
+                          f"(nor one {GGUF_SUFFIX} file)")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"{what}={folder}: config.json is not valid JSON ({error})") from None
-    if model_type not in MODEL_TYPES:
-        raise ConfigError(f"{what}={folder}: unsupported Hugging Face architecture {model_type!r}; supported model "
-                          f"types: {', '.join(sorted(MODEL_TYPES))}")
+    _check_model_type(model_type, folder, what)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
 def has_weights(folder: str) -> bool:
-    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+    return gguf_file(folder) is not None or any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
 
 
 def arch_of(config, num_layers: Optional[int] = None) -> ArchConfig:
@@ -69,9 +132,13 @@ def _auto_class(objective: str):
 
 
 def load_hf_model(folder: str, objective: str, dtype: torch.dtype = torch.float32) -> HFTapModel:
-    """The folder's model with its LM head (weights, or a fresh model from config.json alone)."""
+    """The folder's model with its LM head (weights, or a fresh model from config.json alone);
+    a GGUF file's weights dequantised to `dtype`."""
     cls = _auto_class(objective)
-    if has_weights(folder):
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        model = cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=dtype)
+    elif has_weights(folder):
         model = cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
     else:
         model = cls.from_config(read_hf_config(folder, "the model"), dtype=dtype)
@@ -79,8 +146,12 @@ def load_hf_model(folder: str, objective: str, dtype: torch.dtype = torch.float3
 
 
 def load_tokenizer(folder: str, what: str):
+    """The tokenizer of a model folder, or the one in a GGUF file's metadata."""
     from transformers import AutoTokenizer
+    gguf = gguf_file(folder)
     try:
+        if gguf is not None:
+            return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{what}={folder}: no usable tokenizer in the folder ({error})") from None

@@ -6,6 +6,7 @@ from their folders), the tokenizer (the student's folder), the batches (`data_ut
 and, at the end, the student exported as a folder `AutoModelFor...from_pretrained` loads
 (`<save>/hf_student`).
 """
+import copy
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -16,7 +17,8 @@ from model.hf_init import export_student, layer_dropped_student
 
 from . import engine as engines
 from .config import ConfigError, RunConfig
-from .hf_models import check_tokenizers, load_hf_model, load_tokenizer, objective_of, read_hf_config
+from .hf_models import (check_tokenizers, gguf_file, load_hf_model, load_tokenizer, objective_of,
+                        read_hf_config)
 from .lr_schedule import build_lr_scheduler
 from .metrics_log import MetricsLogger
 from .multi_teacher import build_combiner, method_teacher_infos
@@ -78,7 +80,29 @@ def build_hf_models(cfg: RunConfig, stage, env, log):
             raise ConfigError(f"--student_model={cfg.distill.student_model} on Hugging Face models: {error}") from None
         student.bind_teachers([teacher.module for teacher in teachers])
         combiner = build_combiner(cfg, stage, student, student_module.config.vocab_size, log=log)
+        check_method_taps(cfg.distill.student_model, student, student_module, teachers, combiner)
     return student_module, student, combiner, teachers
+
+
+def check_method_taps(method: str, student, student_module, teachers: List[Teacher], combiner) -> None:
+    """Every tap the method (and the combiner) asks of each model at the first step exists in
+    that model: a ConfigError naming the method, the side and the architecture otherwise."""
+    from distill.distill_model import StepInfo
+    step = StepInfo(train_iters=1)
+    probe = copy.deepcopy(student.method_state())
+    student.begin_step(step)
+    sides = [("the student", student_module, list(student.student_taps(step)) + student.base_taps("student"))]
+    for t_no, teacher in enumerate(teachers):
+        if not teacher.config.disabled:
+            taps = combiner.teacher_taps(t_no, student.teacher_taps(t_no, step)) + student.base_taps("teacher")
+            sides.append((f"teacher {t_no}", teacher.module, taps))
+    student.load_method_state(probe)   # the first training step draws again, as without this check
+    for side, model, taps in sides:
+        missing = sorted(set(taps) - set(model.tap_names()))
+        if missing:
+            raise ConfigError(f"--student_model={method}: {side} ({model.config.model_type}, "
+                              f"{type(model.hf).__name__}) has no tap {missing[0]!r}"
+                              + (" (no LM head)" if missing[0] == "logits_parallel" else ""))
 
 
 def build_hf_data(cfg: RunConfig, tokenizer, objective: str, env, batch_size: int):
@@ -153,7 +177,9 @@ def run_hf(cfg: RunConfig, env, ctx, log, start_writing, ds_config: Dict[str, An
     result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
     if ctx.save_dir and env.is_main and not cfg.train.custom_no_save_checkpoint:
         folder = Path(ctx.save_dir) / EXPORT_FOLDER
-        export_student(student_module, folder, tokenizer_dir=tokenizer_folder, overwrite=True)
+        # A GGUF file has no tokenizer files to copy: the export gets the loaded tokenizer's save_pretrained.
+        source = {"tokenizer": tokenizer} if gguf_file(tokenizer_folder) else {"tokenizer_dir": tokenizer_folder}
+        export_student(student_module, folder, overwrite=True, **source)
         log(f"exported the student to {folder} (AutoModelFor{'MaskedLM' if objective == 'masked' else 'CausalLM'})")
         result["export"] = str(folder)
     return result
