@@ -96,6 +96,20 @@ def test_a_fresh_bert_student_from_a_config_learns_from_its_teacher(folders, tmp
     assert exported.config.num_hidden_layers == 2
 
 
+@pytest.mark.parametrize("combiner", ["avg", "uncertainty", "mt_bert"])
+def test_two_hf_teachers_of_different_sizes_with_a_combiner(folders, tmp_path, combiner):
+    wide = folders["root"] / "llama-wide"
+    if not wide.exists():
+        llama_folder(wide, layers=3, hidden=48, heads=4, seed=3)
+    argv = [f"--mt_hf_model={folders['llama']}:{wide}", "--hf_student_layers=stride:2", "--student_model=kd",
+            "--distill_pt_soft", "--distill_pt_hard", f"--multi_teacher_model={combiner}",
+            *(["--mt_has_loss"] if combiner == "mt_bert" else []), *common(folders, tmp_path, combiner, 3)]
+    assert main("pretrain", "pretrain.py", argv) == 0
+    records = [json.loads(line) for line in (tmp_path / combiner / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) == 3 and all(key in train[0] for key in ("kd/soft_t0", "kd/soft_t1")), train[0]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--teacher_hf_model={root}/nothing", "--hf_student_layers=bottom:2"], "--teacher_hf_model=.*nothing: no such folder"),
     (["--teacher_hf_model={root}", "--hf_student_layers=bottom:2"], "is not a Hugging Face model folder: it has no "
