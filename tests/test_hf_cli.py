@@ -146,13 +146,6 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_training(folders, t
     assert not (tmp_path / "mismatch" / "metrics.jsonl").exists()
 
 
-def test_hf_runs_refuse_finetune_for_now(folders, tmp_path, capsys):
-    argv = [f"--teacher_hf_model={folders['llama']}", "--hf_student_layers=bottom:2", "--student_model=kd",
-            "--task=RTE", f"--data-dir={tmp_path}", f"--save={tmp_path}"]
-    assert main("finetune", "finetune.py", argv) == 2
-    assert "fine-tuning them on tasks is not supported yet" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_the_command_line_runs_as_a_subprocess(folders, tmp_path):
     argv = [f"--teacher_hf_model={folders['llama']}", *LLAMA_KD, *common(folders, tmp_path, "cli", 3)]

@@ -80,9 +80,11 @@ def test_every_readme_command_runs(demo):
         done = subprocess.run(_argv(command, root), cwd=root, capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         ran += 1
-    # pretrain, two finetune, torchrun, deepspeed, change_mp; Hugging Face: stand-in folders, two runs,
-    # export; GLMD: vocab_sort, GLMD+al x 3, GLMD-vc x 3; auto_tune: sweep, show_tune, test; TAKD x 2, DGKD
-    assert ran == 23
+    # pretrain, two finetune, torchrun, deepspeed, change_mp; Hugging Face: stand-in folders, two pretrain
+    # runs, export, two finetune runs; GLMD: vocab_sort, GLMD+al x 3, GLMD-vc x 3; auto_tune: sweep,
+    # show_tune, test; TAKD x 2, DGKD
+    assert ran == 25
+    assert (root / "runs/demo/hf-pkd-sst2/hf_student/model.safetensors").is_file()
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     llama = AutoModelForCausalLM.from_pretrained(str(root / "runs/demo/llama-student"), local_files_only=True)
     assert llama.config.num_hidden_layers == 2                          # stride:2 of the 4-layer teacher

@@ -223,9 +223,6 @@ def _hf_models(values: "_Reader", stage: str):
     if glm_teachers and teachers:
         raise ConfigError(f"--{glm_teachers[0]} (a GLM teacher) with Hugging Face teachers: mixing GLM and HF "
                           f"teachers is not supported yet")
-    if stage != "pretrain":
-        raise ConfigError("Hugging Face models distil in pretrain.py (language modelling) for now; fine-tuning "
-                          "them on tasks is not supported yet")
     if not 0.0 < hf.mask_prob < 1.0:
         raise ConfigError(f"--hf_mask_prob={hf.mask_prob} must lie in (0, 1)")
     teacher_configs = [read_hf_config(folder, f"teacher {t_no} (--mt_hf_model)" if listed else "--teacher_hf_model")
@@ -279,6 +276,19 @@ def _check_hf(config: RunConfig) -> None:
                           "--hf_student_layers")
     if config.train.load_pretrained:
         raise ConfigError("--load-pretrained loads GLM weights; a Hugging Face student's weights come from --hf_model")
+    if config.stage == "finetune":
+        from tasks.registry import SINGLE_TOKEN, get_task_spec
+        if config.finetune.cloze_eval:
+            raise ConfigError("--cloze-eval (PET cloze patterns) is GLM's; Hugging Face models fine-tune with a "
+                              "sequence-classification head: drop --cloze-eval")
+        try:
+            spec = get_task_spec(config.finetune.task or "")
+        except KeyError as error:
+            raise ConfigError(str(error)) from None
+        if spec.kind != SINGLE_TOKEN:
+            raise ConfigError(f"--task={config.finetune.task}: a multiple-choice task; Hugging Face models fine-tune "
+                              f"single-label classification and regression tasks (GLUE, and SuperGLUE's but COPA, "
+                              f"ReCoRD and WSC) for now")
 
 
 def build_run_config(values: Dict[str, Any], stage: str, explicit: Set[str]) -> RunConfig:

@@ -117,6 +117,18 @@ def arch_of(config, num_layers: Optional[int] = None) -> ArchConfig:
                       num_attention_heads=config.num_attention_heads, max_position_embeddings=positions)
 
 
+def check_classifier(config, folder: str, num_labels: int, what: str) -> None:
+    """A teacher must be fine-tuned on the task: a sequence-classification model with its labels."""
+    architectures = getattr(config, "architectures", None) or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        recorded = ", ".join(architectures) or "no architecture recorded"
+        raise ConfigError(f"{what} ({folder}) has no trained classification head ({recorded}): fine-tune it on the "
+                          f"task first (finetune.py --hf_model={folder} --task=...), then distil from its exported "
+                          f"hf_student folder")
+    if config.num_labels != num_labels:
+        raise ConfigError(f"{what} ({folder}) classifies into {config.num_labels} labels; the task has {num_labels}")
+
+
 def objective_of(config, requested: str = "auto") -> str:
     """masked LM for encoders, causal LM for decoders (or the requested one, checked)."""
     natural = "masked" if config.model_type in ENCODER_TYPES else "causal"
@@ -127,22 +139,46 @@ def objective_of(config, requested: str = "auto") -> str:
 
 
 def _auto_class(objective: str):
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-    return AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    return {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM,
+            "classification": AutoModelForSequenceClassification}[objective]
 
 
-def load_hf_model(folder: str, objective: str, dtype: torch.dtype = torch.float32) -> HFTapModel:
-    """The folder's model with its LM head (weights, or a fresh model from config.json alone);
-    a GGUF file's weights dequantised to `dtype`."""
+def load_hf_model(folder: str, objective: str, dtype: torch.dtype = torch.float32,
+                  num_labels: Optional[int] = None) -> HFTapModel:
+    """The folder's model with its LM head, or with a classification head of `num_labels`
+    (objective "classification"; a head of another size is initialised afresh): weights, or a
+    fresh model from config.json alone; a GGUF file's weights dequantised to `dtype`."""
     cls = _auto_class(objective)
+    extra = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
     gguf = gguf_file(folder)
     if gguf is not None:
-        model = cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=dtype)
+        model = cls.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=dtype,
+                                    **_dequantised(), **extra)
+        if getattr(model, "is_quantized", False):
+            raise ConfigError(f"{folder}: transformers kept the GGUF weights packed; distillation needs them "
+                              f"dequantised (a plain trainable model)")
     elif has_weights(folder):
-        model = cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        model = cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **extra)
     else:
-        model = cls.from_config(read_hf_config(folder, "the model"), dtype=dtype)
+        config = read_hf_config(folder, "the model")
+        if num_labels is not None:
+            config.num_labels = num_labels
+        model = cls.from_config(config, dtype=dtype)
+    if objective == "classification" and model.config.pad_token_id is None:   # decoders score the last token
+        model.config.pad_token_id = model.config.eos_token_id
     return HFTapModel(model)
+
+
+def _dequantised() -> Dict[str, object]:
+    """from_pretrained's arguments for a GGUF file unpacked into a plain dense model. transformers
+    may otherwise keep the weights in GGUF blocks (with the `kernels` package), or mark the model
+    quantized, which refuses `.float()`, `.to(dtype)` and training; older versions always unpack."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def load_tokenizer(folder: str, what: str):

@@ -8,7 +8,7 @@ and, at the end, the student exported as a folder `AutoModelFor...from_pretraine
 """
 import copy
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import mpu
 from data_utils.hf_lm import LMBatches, corpus_blocks, special_ids
@@ -17,7 +17,7 @@ from model.hf_init import export_student, layer_dropped_student
 
 from . import engine as engines
 from .config import ConfigError, RunConfig
-from .hf_models import (check_tokenizers, gguf_file, load_hf_model, load_tokenizer, objective_of,
+from .hf_models import (check_classifier, check_tokenizers, gguf_file, load_hf_model, load_tokenizer, objective_of,
                         read_hf_config)
 from .lr_schedule import build_lr_scheduler
 from .metrics_log import MetricsLogger
@@ -29,11 +29,14 @@ from .trainer import LoopSettings, Trainer
 EXPORT_FOLDER = "hf_student"
 
 
-def _teachers(cfg: RunConfig, objective: str, env, log) -> List[Teacher]:
+def _teachers(cfg: RunConfig, objective: str, env, log, num_labels: Optional[int] = None) -> List[Teacher]:
     teachers = []
     for t_no, teacher_cfg in enumerate(cfg.teachers):
         dtype = teacher_dtype(teacher_cfg.half_precision, env.device)
-        module = load_hf_model(teacher_cfg.load_pretrained, objective, dtype).to(env.device).eval()
+        if num_labels is not None:
+            check_classifier(read_hf_config(teacher_cfg.load_pretrained, f"teacher {t_no}"),
+                             teacher_cfg.load_pretrained, num_labels, f"teacher {t_no}")
+        module = load_hf_model(teacher_cfg.load_pretrained, objective, dtype, num_labels).to(env.device).eval()
         for param in module.parameters():
             param.requires_grad_(False)
         log(f"[teacher {t_no}] {teacher_cfg.load_pretrained}: {module.config.model_type}, "
@@ -42,7 +45,7 @@ def _teachers(cfg: RunConfig, objective: str, env, log) -> List[Teacher]:
     return teachers
 
 
-def _student(cfg: RunConfig, objective: str, teachers: List[Teacher], log):
+def _student(cfg: RunConfig, objective: str, teachers: List[Teacher], log, num_labels: Optional[int] = None):
     hf = cfg.hf
     if hf.student_layers is not None:
         from .arguments import student_layer_spec
@@ -58,16 +61,19 @@ def _student(cfg: RunConfig, objective: str, teachers: List[Teacher], log):
         from model.hf import HFTapModel
         return HFTapModel(student)
     engines.set_random_seed(cfg.train.seed)
-    module = load_hf_model(hf.student, objective)
+    module = load_hf_model(hf.student, objective, num_labels=num_labels)
     log(f"student: {hf.student} ({module.config.model_type}, {module.config.num_layers} layers)")
     return module
 
 
 def build_hf_models(cfg: RunConfig, stage, env, log):
     """(student module, method wrapper or None, combiner or None, teachers)."""
-    objective = objective_of(read_hf_config(cfg.hf.student_source, "the student"), cfg.hf.objective)
-    teachers = _teachers(cfg, objective, env, log) if cfg.distill.enabled or cfg.hf.student_layers else []
-    student_module = _student(cfg, objective, teachers, log)
+    num_labels = stage.task.num_labels if cfg.stage == "finetune" else None
+    objective = "classification" if num_labels is not None else objective_of(
+        read_hf_config(cfg.hf.student_source, "the student"), cfg.hf.objective)
+    teachers = (_teachers(cfg, objective, env, log, num_labels) if cfg.distill.enabled or cfg.hf.student_layers
+                else [])
+    student_module = _student(cfg, objective, teachers, log, num_labels)
     student = combiner = None
     if cfg.distill.enabled:
         infos = [TeacherInfo(t.module.config.num_layers, t.module.config.hidden_size,
@@ -135,6 +141,9 @@ def run_hf(cfg: RunConfig, env, ctx, log, start_writing, ds_config: Dict[str, An
     if cfg.hf.student is not None and cfg.hf.teachers:
         check_tokenizers(cfg.hf.student, list(cfg.hf.teachers))
     tokenizer = load_tokenizer(tokenizer_folder, "the student's tokenizer")
+    if cfg.stage == "finetune":
+        from .hf_tasks import run_hf_finetune
+        return run_hf_finetune(cfg, env, ctx, log, tokenizer, tokenizer_folder, ds_config, values, batch_size)
     objective = objective_of(read_hf_config(tokenizer_folder, "the student"), cfg.hf.objective)
     log(f"tokenizer: {tokenizer_folder} ({len(tokenizer)} tokens); objective: {objective} LM")
     stage = HFLanguageModelStage("pretrain")

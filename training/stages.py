@@ -106,6 +106,45 @@ class HFLanguageModelStage:
     evaluate = PretrainStage.evaluate
 
 
+class HFClassificationStage:
+    """Fine-tuning a Hugging Face sequence-classification model (BERT's pooled [CLS]; a
+    decoder's last token) on a classification or regression task (GLUE and SuperGLUE's
+    single-label tasks). A batch holds `text` [B, S] (the tokenizer's pair encoding, padded),
+    `attention_mask` [B, S] and `label` [B] (float for regression). The hard loss is the
+    per-sample cross-entropy (squared error for regression)."""
+    name = "finetune"
+    kind = "classification"
+    token_level = False
+
+    def __init__(self, task):
+        self.task = task
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def model_inputs(self, batch) -> Tuple:
+        return batch["text"], None, batch["attention_mask"]
+
+    def hard_loss(self, output: ModelOutput, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits, labels = output.logits.float(), batch["label"]
+        if self.task.spec.regression:
+            per_sample = (logits.view(-1) - labels.float()) ** 2
+        else:
+            per_sample = F.cross_entropy(logits, labels.long(), reduction="none")
+        return per_sample.mean(), per_sample
+
+    def distill_batch(self, batch) -> DistillBatch:
+        return DistillBatch(stage="finetune", labels=batch["label"],
+                            position_ids=glm_position_ids(batch["text"], batch["attention_mask"]), token_level=False)
+
+    def num_tokens(self, batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def predict(self, forward, samples: List[dict], batch: dict) -> List:
+        scores = forward(*self.model_inputs(batch)).logits.float().cpu()
+        return [self.task.predict(s, row.tolist()) for s, row in zip(samples, scores)]
+
+
 class FinetuneStage:
     """A downstream task: cloze heads (single-/multi-token), generative WSC, or classification."""
     name = "finetune"
