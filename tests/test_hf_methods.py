@@ -23,7 +23,7 @@ from training.trainer import LoopSettings, Trainer  # noqa: E402
 from training_fixtures import ConstantLR  # noqa: E402
 
 ENV = DistEnv(0, 1, 0, torch.device("cpu"), "gloo")
-V, SEQ, BATCH, LR, STEPS = 96, 16, 4, 1e-3, 12
+V, SEQ, BATCH, LR, STEPS = 96, 16, 4, 1e-3, 8
 MASK_ID = 3                                      # the masked-LM "[MASK]" of the tiny vocabulary
 GLM_ONLY = ("--map_vocab_size",)                 # vocabulary compression needs GLM's embedding map
 GLM_ARCH = ("--inverted_bottleneck_mode", "--ib_", "--teacher_inverted_bottleneck_mode", "--teacher_ib_")
@@ -114,17 +114,21 @@ def trainer_for(config, stage, batch, student, combiner, teachers):
                    teachers=teachers)
 
 
-def pinned_loss(family, recipe, batch, student, state, teachers, iteration):
-    """The loss at `iteration` of the schedule on a fresh student holding `student`'s weights
-    and `state`, so that measuring neither trains nor advances the method's schedule."""
-    config, stage, probe, combiner, _ = build(family, recipe)
-    probe.load_state_dict(student.state_dict())
-    probe.load_method_state(copy.deepcopy(state))
-    probe.bind_teachers([t.module for t in teachers])
-    trainer = trainer_for(config, stage, batch, probe, combiner, teachers)
-    with torch.no_grad():
-        loss, _ = trainer.forward_pass(batch, StepInfo(iteration=iteration, train_iters=STEPS))
-    return float(loss)
+def pinned_losses(probe_parts, batch, student, state, teachers):
+    """The losses at the first and the last iteration of the schedule on `probe` holding
+    `student`'s weights and `state` (so that measuring neither trains nor advances the
+    method's schedule)."""
+    config, stage, probe, combiner = probe_parts
+    losses = []
+    for iteration in (0, STEPS - 1):
+        probe.load_state_dict(student.state_dict())
+        probe.load_method_state(copy.deepcopy(state))
+        probe.bind_teachers([t.module for t in teachers])
+        trainer = trainer_for(config, stage, batch, probe, combiner, teachers)
+        with torch.no_grad():
+            loss, _ = trainer.forward_pass(batch, StepInfo(iteration=iteration, train_iters=STEPS))
+        losses.append(float(loss))
+    return losses
 
 
 @pytest.mark.parametrize("family,name,recipe", CASES)
@@ -135,15 +139,16 @@ def test_a_recipe_trains_an_hf_student(family, name, recipe):
             build(family, recipe)
         return
     config, stage, student, combiner, teachers = build(family, recipe)
+    probe_config, probe_stage, probe, probe_combiner, _ = build(family, recipe)   # measures, then reloads
+    probe_parts = (probe_config, probe_stage, probe, probe_combiner)
     batch = lm_batch(family)
     teacher_before = [copy.deepcopy(t.module.state_dict()) for t in teachers]
     trainer = trainer_for(config, stage, batch, student, combiner, teachers)
     state = copy.deepcopy(student.method_state())
-    pinned = (0, STEPS - 1)
-    before = [pinned_loss(family, recipe, batch, student, state, teachers, it) for it in pinned]
+    before = pinned_losses(probe_parts, batch, student, state, teachers)
     for _ in range(STEPS):
         trainer.micro_step(batch)
-    after = [pinned_loss(family, recipe, batch, student, state, teachers, it) for it in pinned]
+    after = pinned_losses(probe_parts, batch, student, state, teachers)
     assert all(torch.isfinite(torch.tensor(after))), after
     assert any(a < b for a, b in zip(after, before)), f"{name}: the loss did not decrease ({before} -> {after})"
     for saved, teacher in zip(teacher_before, teachers):
@@ -152,9 +157,8 @@ def test_a_recipe_trains_an_hf_student(family, name, recipe):
     # The student's checkpoint (HF weights under hf.*, auxiliary layers under student.*) reloads strictly.
     state_dict = student.state_dict()
     assert any(key.startswith("hf.") for key in state_dict)
-    _, _, again, _, _ = build(family, recipe)
-    again.load_state_dict(state_dict)
-    for key, value in again.state_dict().items():
+    probe.load_state_dict(state_dict)
+    for key, value in probe.state_dict().items():
         assert torch.equal(value, state_dict[key]), key
 
 
