@@ -167,31 +167,46 @@ def run_hf(cfg: RunConfig, env, ctx, log, start_writing, ds_config: Dict[str, An
         ignore_first_backward_gard=cfg.train.ignore_first_backward_gard, custom_first_eval=cfg.train.custom_first_eval,
         custom_tmp_result=cfg.train.custom_tmp_result, no_save=cfg.train.custom_no_save_checkpoint,
         seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss)
-    hf_config = student_module.hf.config.to_dict()
-    recorded = {"model_config": hf_config, "model_family": "hf",
-                "tokenizer": {"folder": str(tokenizer_folder), "num_tokens": len(tokenizer)}}
-    run_record = cfg.to_dict()
+    recorded = provenance_of(student_module, tokenizer_folder, tokenizer)
     trainer = Trainer(engine=engine, stage=stage, data=train_data, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,
-                      client_extras={"run_config": run_record, **recorded})
+                      client_extras={"run_config": cfg.to_dict(), **recorded})
+    state = resume_and_train(cfg, ctx, env, trainer, logger, start_writing, recorded, ds_config)
+    result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
+    if ctx.save_dir and env.is_main and not cfg.train.custom_no_save_checkpoint:
+        result["export"] = export_to(ctx, student_module, tokenizer_folder, tokenizer)
+        log(f"exported the student to {result['export']} "
+            f"(AutoModelFor{'MaskedLM' if objective == 'masked' else 'CausalLM'})")
+    return result
+
+
+def provenance_of(student_module, tokenizer_folder: str, tokenizer) -> Dict[str, Any]:
+    """What every checkpoint of an HF run carries beside its weights (export_hf.py reads it)."""
+    return {"model_config": student_module.hf.config.to_dict(), "model_family": "hf",
+            "tokenizer": {"folder": str(tokenizer_folder), "num_tokens": len(tokenizer)}}
+
+
+def resume_and_train(cfg: RunConfig, ctx, env, trainer: Trainer, logger, start_writing, recorded: Dict[str, Any],
+                     ds_config: Dict[str, Any]):
+    """--load, then the run folder's first writes (every check has passed), then train: the state."""
     if cfg.train.load:
         trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
                        load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
-    start_writing(cfg, ctx, env, {"run": run_record, "model": hf_config, "deepspeed": ds_config})
+    start_writing(cfg, ctx, env, {"run": cfg.to_dict(), "model": recorded["model_config"], "deepspeed": ds_config})
     logger.open(initial_step=trainer.state.iteration)
     try:
-        state = trainer.train()
+        return trainer.train()
     finally:
         logger.close()
-    result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
-    if ctx.save_dir and env.is_main and not cfg.train.custom_no_save_checkpoint:
-        folder = Path(ctx.save_dir) / EXPORT_FOLDER
-        # A GGUF file has no tokenizer files to copy: the export gets the loaded tokenizer's save_pretrained.
-        source = {"tokenizer": tokenizer} if gguf_file(tokenizer_folder) else {"tokenizer_dir": tokenizer_folder}
-        export_student(student_module, folder, overwrite=True, **source)
-        log(f"exported the student to {folder} (AutoModelFor{'MaskedLM' if objective == 'masked' else 'CausalLM'})")
-        result["export"] = str(folder)
-    return result
+
+
+def export_to(ctx, student_module, tokenizer_folder: str, tokenizer) -> str:
+    """The student written to <save>/hf_student with its tokenizer: a folder's files copied, or
+    (a GGUF file has none) the loaded tokenizer's save_pretrained."""
+    folder = Path(ctx.save_dir) / EXPORT_FOLDER
+    source = {"tokenizer": tokenizer} if gguf_file(tokenizer_folder) else {"tokenizer_dir": tokenizer_folder}
+    export_student(student_module, folder, overwrite=True, **source)
+    return str(folder)
 
 
 def _engine(cfg: RunConfig, module, env, find_unused: bool, ds_config: Dict[str, Any], values: Dict[str, Any]):

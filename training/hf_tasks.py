@@ -5,13 +5,11 @@ epoch, best checkpoint, predictions, results.json and --custom_tmp_result, so au
 HF runs too), ending with the best student exported as a folder
 `AutoModelForSequenceClassification` loads.
 """
-from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
 import mpu
-from model.hf_init import export_student
 from tasks import Task, TaskConfig
 from tasks.examples import InputExample
 from tasks.processor import label_index
@@ -23,7 +21,6 @@ from .metrics_log import MetricsLogger
 from .stages import HFClassificationStage
 from .trainer import LoopSettings, Trainer
 
-EXPORT_FOLDER = "hf_student"
 
 
 class EncodedExamples:
@@ -66,7 +63,7 @@ def build_task(cfg: RunConfig) -> Task:
 def run_hf_finetune(cfg: RunConfig, env, ctx, log, tokenizer, tokenizer_folder: str, ds_config: Dict[str, Any],
                     values: Dict[str, Any], batch_size: int) -> Dict[str, Any]:
     """Build the HF fine-tuning run and train; returns what `training.run.run` returns."""
-    from .hf_run import _engine, build_hf_models
+    from .hf_run import _engine, build_hf_models, export_to, provenance_of, resume_and_train
     from .run import _finish_finetuning, _start_writing, _total_iters, finetune_evaluator, save_weights_fn
     task = build_task(cfg)
     stage = HFClassificationStage(task)
@@ -98,30 +95,17 @@ def run_hf_finetune(cfg: RunConfig, env, ctx, log, tokenizer, tokenizer_folder: 
         ignore_first_backward_gard=cfg.train.ignore_first_backward_gard, custom_first_eval=cfg.train.custom_first_eval,
         custom_tmp_result=cfg.train.custom_tmp_result, no_save=cfg.train.custom_no_save_checkpoint,
         seed=cfg.train.seed, mt_has_loss=cfg.distill.mt_has_loss)
-    hf_config = student_module.hf.config.to_dict()
-    recorded = {"model_config": hf_config, "model_family": "hf",
-                "tokenizer": {"folder": str(tokenizer_folder), "num_tokens": len(tokenizer)}}
-    run_record = cfg.to_dict()
+    recorded = provenance_of(student_module, tokenizer_folder, tokenizer)
     trainer = Trainer(engine=engine, stage=stage, data=train, lr_scheduler=lr_scheduler, settings=settings,
                       logger=logger, student=student, combiner=combiner, teachers=teachers, evaluate=evaluate,
                       save_weights=save_weights_fn(ctx, engine.module, recorded),
-                      client_extras={"run_config": run_record, **recorded})
-    if cfg.train.load:
-        trainer.resume(cfg.train.load, load_optimizer=not cfg.train.no_load_optim,
-                       load_lr_scheduler=not cfg.train.no_load_lr_scheduler, load_rng=not cfg.train.no_load_rng)
-    _start_writing(cfg, ctx, env, {"run": run_record, "model": hf_config, "deepspeed": ds_config})
-    logger.open(initial_step=trainer.state.iteration)
-    try:
-        state = trainer.train()
-    finally:
-        logger.close()
+                      client_extras={"run_config": cfg.to_dict(), **recorded})
+    state = resume_and_train(cfg, ctx, env, trainer, logger, _start_writing, recorded, ds_config)
     result = {"iteration": state.iteration, "max_score_dict": state.max_score_dict, "best_score": state.best_score}
     if ctx.save_dir and not settings.no_save:
         result["test_results"] = _finish_finetuning(cfg, ctx, engine, stage, evaluate, state, env)
         if env.is_main:
-            folder = Path(ctx.save_dir) / EXPORT_FOLDER
-            export_student(student_module, folder, tokenizer_dir=tokenizer_folder, overwrite=True)
-            log(f"exported the {'best ' if state.best_score is not None else ''}student to {folder} "
+            result["export"] = export_to(ctx, student_module, tokenizer_folder, tokenizer)
+            log(f"exported the {'best ' if state.best_score is not None else ''}student to {result['export']} "
                 f"(AutoModelForSequenceClassification)")
-            result["export"] = str(folder)
     return result
